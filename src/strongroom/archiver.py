@@ -1,0 +1,621 @@
+"""Backup: walk the source, store what changed, write trees and commit a snapshot.
+
+Pipeline (see docs/FORMAT.md, "Backup pipeline"):
+- the main thread walks depth-first with scandir/lstat and decides per directory whether it
+  changed since the parent snapshot (local cache signature), per file whether it must be read;
+- worker threads (one per core) read changed files: small files go into shared ~1 MiB bundles,
+  large files are cut by FastCDC; both are hashed, compressed and encrypted in the worker, and
+  handed to the repository, whose pack writer thread fsyncs packs;
+- directories are finalised in post-order as soon as their files are stored: an unchanged
+  directory reuses its old tree ID without re-encoding anything.
+Nothing is visible until the snapshot commit, which the store accepts only if every blob the
+snapshot references is durable.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import blake3
+
+from . import tree
+from .blobs import BlobType
+from .bundler import SMALL_FILE_LIMIT, Bundler, Slice
+from .cache import CachedDir, LocalCache
+from .chunker import Chunker
+from .errors import StrongroomError
+from .excludes import ExcludeMatcher
+from .fsmeta import node_from_stat, node_type, same_file, stat_key
+from .repository import Repository
+from .snapshot import Snapshot, new_snapshot_id, seal_snapshot
+from .tree import ContentRef, Node
+
+_O_BINARY = getattr(os, "O_BINARY", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+ProgressFn = Callable[[int, int], None]  # (files done, bytes done) increments
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot
+    added: int = 0
+    modified: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    files: int = 0
+    dirs: int = 0
+    bytes_scanned: int = 0
+    bytes_read: int = 0
+    bytes_uploaded: int = 0
+    duration: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "added": self.added,
+            "modified": self.modified,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "files": self.files,
+            "dirs": self.dirs,
+            "bytes_scanned": self.bytes_scanned,
+            "bytes_uploaded": self.bytes_uploaded,
+        }
+
+
+@dataclass
+class _Pending:
+    """A file being read by a worker."""
+
+    node: Node
+    future: Future[list[ContentRef | Slice]]
+    change: str  # "added" or "modified" or "unchanged" (re-read because its blobs were gone)
+
+
+@dataclass
+class _DirJob:
+    path: str  # absolute path ("" for the synthetic root)
+    own_sig: bytes = b""
+    cached: CachedDir | None = None
+    old_tree: bytes | None = None  # this directory's tree ID in the parent snapshot
+    files_unchanged: bool = False
+    nodes: list[Node] = field(default_factory=list)
+    pending: list[_Pending] = field(default_factory=list)
+    children: list[tuple[Node, _DirJob]] = field(default_factory=list)
+    child_dirs: list[tuple[Node, str, bytes | None]] = field(default_factory=list)
+    nfiles: int = 0
+    tree_id: bytes | None = None
+    refs: frozenset[bytes] = frozenset()
+
+
+class Archiver:
+    def __init__(
+        self,
+        repo: Repository,
+        cache: LocalCache | None,
+        excludes: ExcludeMatcher | None = None,
+        workers: int | None = None,
+        progress: ProgressFn | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.cache = cache
+        self.excludes = excludes
+        self.workers = max(1, workers or os.cpu_count() or 2)
+        self.progress = progress or (lambda _f, _b: None)
+        self._warn_cb = warn
+        self._hasher = repo.keys.hasher()
+        self._known: set[bytes] = set()
+        self._session: set[bytes] = set()
+        self._session_lock = threading.Lock()
+        self._chunkers = threading.local()
+        self._small_seen: dict[bytes, Slice | ContentRef] = {}
+        self._small_lock = threading.Lock()
+        self._new_small: list[tuple[bytes, Slice]] = []
+        self._inodes: dict[tuple[int, int], Future[list[ContentRef | Slice]]] = {}
+        self._dircache: dict[str, CachedDir] = {}
+        self._new_dircache: dict[str, CachedDir] = {}
+        self._ready: deque[_DirJob] = deque()
+        self._pool: ThreadPoolExecutor | None = None
+        self._bundler = Bundler(self._store_bundle)
+        self.result: BackupResult | None = None
+        self._warnings: list[str] = []
+        self._counts = {"added": 0, "modified": 0, "removed": 0, "unchanged": 0}
+        self._files = 0
+        self._dirs = 0
+        self._bytes_scanned = 0
+        self._bytes_read = 0
+
+    # ---- entry point -------------------------------------------------------------------------
+
+    def run(
+        self,
+        paths: list[str],
+        parent: Snapshot | None,
+        *,
+        tags: list[str] | None = None,
+        exclude_patterns: list[str] | None = None,
+        host: str | None = None,
+    ) -> BackupResult:
+        started = time.monotonic()
+        roots = self._check_roots(paths)
+        self._known = self.repo.known_blob_ids()
+        if self.cache is not None and parent is not None and self.cache.snapshot_id() == parent.id:
+            self._dircache = {
+                p: d for p, d in self.cache.load_dirs().items() if d.refs <= self._known
+            }
+        root_tree = bytes.fromhex(parent.tree) if parent is not None else None
+
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="backup")
+        try:
+            root = self._enter_root(roots, root_tree)
+            self._walk(root)
+            for job in self._ready:
+                for p in job.pending:
+                    p.future.exception()  # wait; errors are handled at finalise time
+            self._bundler.flush()
+            self._finalize_ready(final=True)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        assert root.tree_id is not None
+
+        manifest: set[bytes] = set()
+        for d in self._new_dircache.values():
+            manifest |= d.refs
+        self.repo.flush()
+        snap = Snapshot(
+            id=new_snapshot_id(),
+            time_ns=time.time_ns(),
+            host=host or socket.gethostname(),
+            username=_username(),
+            paths=[r[1] for r in roots],
+            tree=root.tree_id.hex(),
+            parent=parent.id if parent is not None else None,
+            tags=list(tags or []),
+            excludes=list(exclude_patterns or []),
+        )
+        result = BackupResult(
+            snapshot=snap,
+            files=self._files,
+            dirs=self._dirs,
+            bytes_scanned=self._bytes_scanned,
+            bytes_read=self._bytes_read,
+            warnings=self._warnings,
+            **self._counts,
+        )
+        result.bytes_uploaded = self.repo.bytes_uploaded()
+        snap.stats = result.stats()
+        self.repo.commit_snapshot(
+            snap.id, snap.time_ns, seal_snapshot(self.repo.keys.aead(), snap), manifest
+        )
+        if self.cache is not None:
+            self.cache.save(snap.id, self._new_dircache)
+            self.cache.add_small([(cid, s.ref()) for cid, s in self._new_small])
+        result.duration = time.monotonic() - started
+        self.result = result
+        return result
+
+    # ---- walking -----------------------------------------------------------------------------
+
+    def _check_roots(self, paths: list[str]) -> list[tuple[str, str, os.stat_result]]:
+        if not paths:
+            raise StrongroomError("nothing to back up: give at least one path")
+        roots: list[tuple[str, str, os.stat_result]] = []
+        names: set[str] = set()
+        for raw in paths:
+            full = os.path.abspath(raw)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                raise StrongroomError(f"{raw}: no such file or folder") from None
+            except OSError as exc:
+                raise StrongroomError(f"{raw}: cannot read ({exc.strerror})") from None
+            name = os.path.basename(full.rstrip("/\\")) or full.strip("/\\") or "root"
+            if name in names:
+                raise StrongroomError(
+                    f"two paths to back up share the name '{name}'; back them up separately"
+                )
+            names.add(name)
+            roots.append((name, full, st))
+        return roots
+
+    def _enter_root(
+        self, roots: list[tuple[str, str, os.stat_result]], old_tree: bytes | None
+    ) -> _DirJob:
+        items = []
+        for name, full, st in roots:
+            kind = node_type(st)
+            if kind is None:
+                raise StrongroomError(f"{full}: cannot back up this kind of file")
+            items.append((name, full, kind, st))
+        return self._enter("", items, old_tree)
+
+    def _walk(self, root: _DirJob) -> None:
+        stack: list[tuple[_DirJob, int]] = [(root, 0)]
+        while stack:
+            job, i = stack[-1]
+            if i >= len(job.child_dirs):
+                stack.pop()
+                self._ready.append(job)
+                self._finalize_ready(final=False)
+                continue
+            stack[-1] = (job, i + 1)
+            node, full, old_tree = job.child_dirs[i]
+            child = self._enter(full, self._list_dir(full), old_tree)
+            job.children.append((node, child))
+            stack.append((child, 0))
+
+    def _list_dir(self, path: str) -> list[tuple[str, str, str, os.stat_result]]:
+        items: list[tuple[str, str, str, os.stat_result]] = []
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            self._warn(f"{path}: cannot read folder ({exc.strerror}); stored as empty")
+            return items
+        entries.sort(key=lambda e: tree.name_key(e.name))
+        for entry in entries:
+            full = entry.path
+            if self.excludes and self.excludes.excluded(full):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                self._warn(f"{full}: cannot stat ({exc.strerror}); skipped")
+                continue
+            kind = node_type(st)
+            if kind is None:
+                self._warn(f"{full}: unknown file type; skipped")
+                continue
+            items.append((entry.name, full, kind, st))
+        return items
+
+    def _enter(
+        self,
+        path: str,
+        items: list[tuple[str, str, str, os.stat_result]],
+        old_tree: bytes | None,
+    ) -> _DirJob:
+        self._dirs += 1
+        job = _DirJob(path=path, old_tree=old_tree)
+        sig = blake3.blake3()
+        for name, _full, kind, st in items:
+            sig.update(tree.name_key(name) + b"\0" + repr(stat_key(kind, st)).encode() + b"\n")
+        job.own_sig = sig.digest()
+        cached = self._dircache.get(path)
+        if cached is not None and old_tree is not None and cached.tree_id != old_tree:
+            cached = None  # cache describes another tree than the parent snapshot's
+        job.cached = cached
+        job.files_unchanged = cached is not None and cached.own_sig == job.own_sig
+        old_nodes: dict[str, Node] | None = None
+        if not job.files_unchanged:
+            old_nodes = self._old_nodes(old_tree)
+
+        present: dict[str, str] = {}
+        fast_files = fast_bytes = 0
+        for name, full, kind, st in items:
+            present[name] = kind
+            node = node_from_stat(name, kind, st)
+            job.nodes.append(node)
+            if kind == tree.DIR:
+                child_old: bytes | None = None
+                child_cache = self._dircache.get(full)
+                if old_nodes is None and child_cache is not None:
+                    child_old = child_cache.tree_id
+                else:
+                    if old_nodes is None:
+                        old_nodes = self._old_nodes(old_tree)
+                    old = old_nodes.get(name)
+                    child_old = old.subtree if old is not None and old.type == tree.DIR else None
+                job.child_dirs.append((node, full, child_old))
+                continue
+            job.nfiles += 1
+            self._files += 1
+            if kind == tree.FILE:
+                self._bytes_scanned += st.st_size
+            if job.files_unchanged:
+                fast_files += 1
+                fast_bytes += st.st_size if kind == tree.FILE else 0
+                continue
+            assert old_nodes is not None
+            old = old_nodes.get(name)
+            self._classify(job, node, full, kind, st, old if old and old.type != tree.DIR else None)
+        if fast_files:
+            self._counts["unchanged"] += fast_files
+            self.progress(fast_files, fast_bytes)
+
+        if old_nodes is not None:
+            for name, old in old_nodes.items():
+                now = present.get(name)
+                if now is not None and (now == tree.DIR) == (old.type == tree.DIR):
+                    continue
+                if old.type == tree.DIR:
+                    self._counts["removed"] += self._count_files(old, path, name)
+                else:
+                    self._counts["removed"] += 1
+        return job
+
+    def _classify(
+        self,
+        job: _DirJob,
+        node: Node,
+        full: str,
+        kind: str,
+        st: os.stat_result,
+        old: Node | None,
+    ) -> None:
+        if kind == tree.SYMLINK:
+            try:
+                node.target = os.fsdecode(os.readlink(full))
+            except OSError as exc:
+                self._warn(f"{full}: cannot read symlink ({exc.strerror}); skipped")
+                job.nodes.remove(node)
+                return
+        unchanged = old is not None and same_file(old, kind, st)
+        if kind != tree.FILE:
+            self._count("unchanged" if unchanged else ("modified" if old else "added"))
+            self.progress(1, 0)
+            return
+        if unchanged and old is not None and all(r.blob_id in self._known for r in old.content):
+            node.content = list(old.content)
+            self._count("unchanged")
+            self.progress(1, st.st_size)
+            return
+        change = "unchanged" if unchanged else ("modified" if old is not None else "added")
+        assert self._pool is not None
+        future: Future[list[ContentRef | Slice]] | None = None
+        if st.st_nlink > 1:
+            future = self._inodes.get((st.st_dev, st.st_ino))
+        if future is None:
+            future = self._pool.submit(self._read_file, full, st, node)
+            if st.st_nlink > 1:
+                self._inodes[(st.st_dev, st.st_ino)] = future
+        job.pending.append(_Pending(node, future, change))
+
+    def _count(self, what: str) -> None:
+        self._counts[what] += 1
+
+    # ---- the parent snapshot -----------------------------------------------------------------
+
+    def _old_nodes(self, tree_id: bytes | None) -> dict[str, Node]:
+        if tree_id is None:
+            return {}
+        try:
+            nodes = {n.name: n for n in self._load_tree(tree_id)}
+        except StrongroomError as exc:
+            self._warn(f"parent snapshot tree unreadable ({exc}); treating files as new")
+            return {}
+        return nodes
+
+    def _load_tree(self, tree_id: bytes) -> list[Node]:
+        codec = self.repo.codecs.get()
+        for bid, stored in self.repo.read_blobs([tree_id]):
+            return tree.decode_tree(codec.decode(bid, stored))
+        return []
+
+    def _count_files(self, old: Node, parent_path: str, name: str) -> int:
+        cached = self._dircache.get(os.path.join(parent_path, name) if parent_path else name)
+        if cached is not None and cached.tree_id == old.subtree:
+            return cached.nfiles
+        total = 0
+        todo = [old.subtree]
+        while todo:
+            tid = todo.pop()
+            if tid is None:
+                continue
+            try:
+                nodes = self._load_tree(tid)
+            except StrongroomError:
+                continue
+            for n in nodes:
+                if n.type == tree.DIR:
+                    todo.append(n.subtree)
+                else:
+                    total += 1
+        return total
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    def _read_file(self, full: str, st: os.stat_result, node: Node) -> list[ContentRef | Slice]:
+        try:
+            fd = os.open(full, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW | _O_NOATIME)
+        except PermissionError as exc:
+            if _O_NOATIME:  # O_NOATIME needs ownership; retry without it
+                try:
+                    fd = os.open(full, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+                except OSError as exc2:
+                    raise _FileSkipped(f"{full}: cannot read ({exc2.strerror}); skipped") from None
+            else:
+                raise _FileSkipped(f"{full}: cannot read ({exc.strerror}); skipped") from None
+        except OSError as exc:
+            raise _FileSkipped(f"{full}: cannot read ({exc.strerror}); skipped") from None
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise _FileSkipped(f"{full}: is no longer a regular file; skipped")
+            if st.st_size < SMALL_FILE_LIMIT:
+                refs, size = self._read_small(fd)
+            else:
+                refs, size = self._read_chunked(fd)
+            after = os.fstat(fd)
+        except OSError as exc:
+            raise _FileSkipped(f"{full}: read error ({exc.strerror}); skipped") from None
+        finally:
+            os.close(fd)
+        if size != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
+            self._warn(f"{full}: changed while being read; stored as read, will be re-read")
+            node.mtime_ns = 0  # never matches, so the next backup reads it again
+        node.size = size
+        self._bytes_read += size
+        self.progress(1, size)
+        return refs
+
+    def _read_small(self, fd: int) -> tuple[list[ContentRef | Slice], int]:
+        parts = []
+        while True:
+            block = os.read(fd, SMALL_FILE_LIMIT)
+            if not block:
+                break
+            parts.append(block)
+        data = b"".join(parts)
+        if not data:
+            return [], 0
+        if len(data) >= SMALL_FILE_LIMIT:  # grew while we read: store it like a large file
+            return [self._store_chunk(data)], len(data)
+        cid = self._hasher(data)
+        with self._small_lock:
+            seen = self._small_seen.get(cid)
+        if seen is None and self.cache is not None:
+            ref = self.cache.lookup_small(cid)
+            if ref is not None and ref.blob_id in self._known:
+                seen = ref
+        if seen is not None:
+            return [seen], len(data)
+        piece = self._bundler.add(data)
+        with self._small_lock:
+            self._small_seen[cid] = piece
+            self._new_small.append((cid, piece))
+        return [piece], len(data)
+
+    def _read_chunked(self, fd: int) -> tuple[list[ContentRef | Slice], int]:
+        chunker: Chunker | None = getattr(self._chunkers, "chunker", None)
+        if chunker is None:
+            chunker = Chunker(self.repo.keys.chunker_seed)
+            self._chunkers.chunker = chunker
+        refs: list[ContentRef | Slice] = []
+        size = 0
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
+            for view in chunker.chunks(stream):
+                refs.append(self._store_chunk(view))
+                size += len(view)
+        return refs, size
+
+    def _store_chunk(self, data: bytes | memoryview) -> ContentRef:
+        blob_id = self._hasher(data)
+        if self._claim(blob_id):
+            stored = self.repo.codecs.get().encode(blob_id, data)
+            self.repo.add_blob(blob_id, BlobType.DATA, stored)
+        return ContentRef(blob_id, 0, len(data))
+
+    def _store_bundle(self, plaintext: bytes) -> bytes:
+        blob_id = self._hasher(plaintext)
+        if self._claim(blob_id):
+            self.repo.add_blob(
+                blob_id, BlobType.DATA, self.repo.codecs.get().encode(blob_id, plaintext)
+            )
+        return blob_id
+
+    def _claim(self, blob_id: bytes) -> bool:
+        """True if this thread should store the blob (nobody has it or is storing it)."""
+        if blob_id in self._known:
+            return False
+        with self._session_lock:
+            if blob_id in self._session:
+                return False
+            self._session.add(blob_id)
+        return True
+
+    # ---- finalising directories --------------------------------------------------------------
+
+    def _finalize_ready(self, *, final: bool) -> None:
+        while self._ready:
+            job = self._ready[0]
+            if not final and not all(_done(p) for p in job.pending):
+                return
+            self._ready.popleft()
+            self._finalize(job)
+
+    def _finalize(self, job: _DirJob) -> None:
+        for p in job.pending:
+            try:
+                p.node.content = [r.ref() if isinstance(r, Slice) else r for r in p.future.result()]
+                self._count(p.change)
+            except _FileSkipped as exc:
+                self._warn(str(exc))
+                job.nodes.remove(p.node)
+                job.nfiles -= 1
+                self._files -= 1
+        sig = blake3.blake3(job.own_sig)
+        for node, child in job.children:
+            assert child.tree_id is not None
+            node.subtree = child.tree_id
+            sig.update(child.tree_id)
+            job.nfiles += child.nfiles
+        full_sig = sig.digest()
+        cached = job.cached
+        if job.files_unchanged and cached is not None and cached.full_sig == full_sig:
+            job.tree_id, job.refs = cached.tree_id, cached.refs
+        else:
+            if job.files_unchanged:
+                self._fill_from_old(job)
+            raw = tree.encode_tree(job.nodes)
+            tree_id = self._hasher(raw)
+            if self._claim(tree_id):
+                self.repo.add_blob(
+                    tree_id, BlobType.TREE, self.repo.codecs.get().encode(tree_id, raw)
+                )
+            refs = {tree_id}
+            for n in job.nodes:
+                refs.update(r.blob_id for r in n.content)
+            job.tree_id, job.refs = tree_id, frozenset(refs)
+        self._new_dircache[job.path] = CachedDir(
+            job.own_sig, full_sig, job.tree_id, job.refs, job.nfiles
+        )
+        # Free memory: the parent only needs the tree ID, the file count and the refs.
+        job.nodes = []
+        job.pending = []
+        job.children = []
+        job.child_dirs = []
+
+    def _fill_from_old(self, job: _DirJob) -> None:
+        old_nodes = self._old_nodes(job.old_tree)
+        for node in job.nodes:
+            old = old_nodes.get(node.name)
+            if old is None:  # the cache lied: be safe and fail loudly rather than lose data
+                raise StrongroomError(
+                    f"local cache is inconsistent for {job.path}; delete {_cache_hint(self.cache)}"
+                )
+            if node.type == tree.FILE:
+                node.content = list(old.content)
+                node.size = old.size
+            elif node.type == tree.SYMLINK:
+                node.target = old.target
+
+    def _warn(self, message: str) -> None:
+        self._warnings.append(message)
+        if self._warn_cb is not None:
+            self._warn_cb(message)
+
+
+class _FileSkipped(Exception):
+    pass
+
+
+def _done(p: _Pending) -> bool:
+    if not p.future.done():
+        return False
+    if p.future.exception() is not None:
+        return True
+    return all(r.ready() for r in p.future.result() if isinstance(r, Slice))
+
+
+def _username() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _cache_hint(cache: LocalCache | None) -> str:
+    return str(cache.path) if cache is not None else "the cache"

@@ -1,0 +1,448 @@
+"""`strongroom`: back up, list, compare, restore, forget and check snapshots."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__, crypto, tree
+from ..archiver import Archiver
+from ..browse import diff, find_subtree, walk
+from ..cache import LocalCache
+from ..checker import check
+from ..errors import EXIT_ERROR, EXIT_PARTIAL, StrongroomError
+from ..excludes import ExcludeError, ExcludeMatcher, read_exclude_file
+from ..repository import LocalRepository, load_snapshots
+from ..restorer import Restorer
+from ..snapshot import Snapshot, resolve
+from . import format as fmt
+from .progress import ProgressBar
+from .secrets_input import read_password
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def repo_options(func: F) -> F:
+    """--repo and --password-file, shared by every command that opens a repository."""
+    func = click.option(
+        "--password-file",
+        type=click.Path(dir_okay=False),
+        help="Read the password from this file (first line).",
+    )(func)
+    func = click.option(
+        "--repo",
+        "-r",
+        envvar="STRONGROOM_REPO",
+        required=True,
+        type=click.Path(file_okay=False),
+        help="Repository folder (env STRONGROOM_REPO).",
+    )(func)
+    return func
+
+
+def handle_errors(func: F) -> F:
+    """One clear line and a meaningful exit code instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except StrongroomError as exc:
+            click.echo(f"strongroom: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except ExcludeError as exc:
+            click.echo(f"strongroom: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("strongroom: interrupted; nothing was committed", err=True)
+            sys.exit(130)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"strongroom: error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(EXIT_ERROR)
+        except Exception as exc:
+            if os.environ.get("STRONGROOM_DEBUG"):
+                raise
+            click.echo(
+                f"strongroom: internal error: {type(exc).__name__}: {exc} "
+                "(set STRONGROOM_DEBUG=1 for details)",
+                err=True,
+            )
+            sys.exit(EXIT_ERROR)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def open_repo(repo: str, password_file: str | None, *, writer: bool = False) -> LocalRepository:
+    path = Path(repo)
+    if not (path / "index.sqlite").is_file():
+        raise StrongroomError(
+            f"no strongroom repository at {repo} (create one with 'strongroom init')"
+        )
+    return LocalRepository.open(path, read_password(password_file), writer=writer)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="strongroom")
+def cli() -> None:
+    """strongroom: encrypted, deduplicated backups."""
+
+
+@cli.command()
+@repo_options
+@click.option(
+    "--kdf-memory",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="Argon2id memory cost in MiB (lower only for tests).",
+)
+@click.option("--kdf-iterations", type=click.IntRange(1, 64), default=3, show_default=True)
+@handle_errors
+def init(repo: str, password_file: str | None, kdf_memory: int, kdf_iterations: int) -> None:
+    """Create a new repository protected by a password."""
+    password = read_password(password_file, confirm=True, prompt="New repository password")
+    kdf = crypto.KdfParams(memory_kib=kdf_memory * 1024, iterations=kdf_iterations)
+    r = LocalRepository.init(Path(repo), password, kdf)
+    repo_id = r.repo_id
+    r.close()
+    click.echo(f"created repository {repo_id[:8]} at {repo}")
+    click.echo("Keep the password safe: without it the data cannot be recovered.")
+
+
+def _parent(snapshots: list[Snapshot], paths: list[str], host: str) -> Snapshot | None:
+    key = sorted(paths)
+    same = [s for s in snapshots if sorted(s.paths) == key and s.host == host]
+    return max(same, key=lambda s: (s.time_ns, s.id)) if same else None
+
+
+@cli.command()
+@repo_options
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option(
+    "--exclude", "-e", "excludes", multiple=True, help="Exclude a glob pattern (repeatable)."
+)
+@click.option(
+    "--exclude-file",
+    "exclude_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Read exclude patterns from a file (repeatable).",
+)
+@click.option("--tag", "tags", multiple=True, help="Add a tag to the snapshot (repeatable).")
+@click.option("--host", default=None, help="Host name to record (default: this machine's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("--no-cache", is_flag=True, help="Do not use or update the local cache.")
+@handle_errors
+def backup(
+    repo: str,
+    password_file: str | None,
+    paths: tuple[str, ...],
+    excludes: tuple[str, ...],
+    exclude_files: tuple[str, ...],
+    tags: tuple[str, ...],
+    host: str | None,
+    as_json: bool,
+    no_cache: bool,
+) -> None:
+    """Back up PATHS into a new snapshot."""
+    if not paths:
+        raise StrongroomError(
+            "give the folders or files to back up (e.g. strongroom backup ~/Documents)"
+        )
+    patterns = list(excludes)
+    for f in exclude_files:
+        patterns.extend(read_exclude_file(f))
+    matcher = ExcludeMatcher(patterns) if patterns else None
+    abs_paths = [os.path.abspath(p) for p in paths]
+    for p, raw in zip(abs_paths, paths, strict=True):
+        if not os.path.lexists(p):
+            raise StrongroomError(f"{raw}: no such file or folder")
+    hostname = host or socket.gethostname()
+    r = open_repo(repo, password_file, writer=True)
+    try:
+        parent = _parent(load_snapshots(r), abs_paths, hostname)
+        cache = None if no_cache else LocalCache(r.repo_id, abs_paths)
+        with ProgressBar("backup", enabled=None if not as_json else False) as bar:
+            bar.scan_totals(abs_paths, matcher)
+            archiver = Archiver(
+                r, cache, matcher, progress=bar.advance, warn=lambda m: bar.print(f"warning: {m}")
+            )
+            result = archiver.run(
+                abs_paths, parent, tags=list(tags), exclude_patterns=patterns, host=hostname
+            )
+        if cache is not None:
+            cache.close()
+    finally:
+        r.close()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "snapshot": result.snapshot.id,
+                    "parent": result.snapshot.parent,
+                    "added": result.added,
+                    "modified": result.modified,
+                    "removed": result.removed,
+                    "unchanged": result.unchanged,
+                    "files": result.files,
+                    "dirs": result.dirs,
+                    "bytes_scanned": result.bytes_scanned,
+                    "bytes_read": result.bytes_read,
+                    "bytes_uploaded": result.bytes_uploaded,
+                    "duration": round(result.duration, 3),
+                    "warnings": result.warnings,
+                }
+            )
+        )
+    else:
+        click.echo(f"snapshot {result.snapshot.short_id} saved")
+        click.echo(
+            f"files: {result.added} added, {result.modified} modified, "
+            f"{result.removed} removed, {result.unchanged} unchanged"
+        )
+        click.echo(
+            f"{fmt.size(result.bytes_scanned)} scanned, {fmt.size(result.bytes_read)} read, "
+            f"{fmt.size(result.bytes_uploaded)} stored after dedup and compression, "
+            f"in {fmt.duration(result.duration)}"
+        )
+        if result.warnings:
+            click.echo(
+                f"{len(result.warnings)} file(s) or folder(s) could not be read (see warnings)"
+            )
+    if result.warnings:
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.command()
+@repo_options
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def snapshots(repo: str, password_file: str | None, as_json: bool) -> None:
+    """List snapshots, oldest first."""
+    r = open_repo(repo, password_file)
+    try:
+        snaps = sorted(load_snapshots(r), key=lambda s: (s.time_ns, s.id))
+    finally:
+        r.close()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [{**s.to_json(), "short_id": s.short_id, "time": s.time.isoformat()} for s in snaps]
+            )
+        )
+        return
+    table = Table(box=None)
+    for col in ("ID", "Time", "Host", "Tags", "Paths", "Files", "Size"):
+        table.add_column(col)
+    for s in snaps:
+        table.add_row(
+            s.short_id,
+            fmt.local_time(s.time_ns),
+            s.host,
+            ",".join(s.tags),
+            "\n".join(s.paths),
+            str(s.stats.get("files", "")),
+            fmt.size(s.stats.get("bytes_scanned", 0)),
+        )
+    Console().print(table)
+    click.echo(f"{len(snaps)} snapshot(s)")
+
+
+@cli.command(name="ls")
+@repo_options
+@click.argument("snapshot")
+@click.argument("path", required=False, default="")
+@click.option("--long", "-l", "long_", is_flag=True, help="Show mode, size and time.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@handle_errors
+def ls_cmd(
+    repo: str, password_file: str | None, snapshot: str, path: str, long_: bool, as_json: bool
+) -> None:
+    """List the files in SNAPSHOT (optionally below PATH)."""
+    r = open_repo(repo, password_file)
+    try:
+        snap = resolve(load_snapshots(r), snapshot)
+        base, node, subtree = find_subtree(r, bytes.fromhex(snap.tree), path)
+        entries = (
+            walk(r, subtree, base)
+            if node is None or node.type == tree.DIR
+            else iter([(base, node)])
+        )
+        for p, n in entries:
+            shown = _display(p)
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {
+                            "path": shown,
+                            "type": n.type,
+                            "mode": n.mode,
+                            "size": n.size,
+                            "mtime_ns": n.mtime_ns,
+                        }
+                    )
+                )
+            elif long_:
+                link = f" -> {n.target}" if n.target is not None else ""
+                click.echo(
+                    f"{fmt.mode_string(n)} {n.size:>12} {fmt.local_time(n.mtime_ns)} {shown}{link}"
+                )
+            else:
+                click.echo(shown)
+    finally:
+        r.close()
+
+
+def _display(path: str) -> str:
+    """Show undecodable bytes as escapes so a terminal never receives raw control bytes."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8").replace("\n", "\\n")
+
+
+@cli.command(name="diff")
+@repo_options
+@click.argument("snapshot1")
+@click.argument("snapshot2")
+@handle_errors
+def diff_cmd(repo: str, password_file: str | None, snapshot1: str, snapshot2: str) -> None:
+    """Show what changed between two snapshots (+ added, - removed, M modified, T type changed)."""
+    r = open_repo(repo, password_file)
+    counts = {"+": 0, "-": 0, "M": 0, "T": 0}
+    try:
+        snaps = load_snapshots(r)
+        a, b = resolve(snaps, snapshot1), resolve(snaps, snapshot2)
+        for change in diff(r, bytes.fromhex(a.tree), bytes.fromhex(b.tree)):
+            suffix = "/" if change.node.type == tree.DIR else ""
+            click.echo(f"{change.kind}    {_display(change.path)}{suffix}")
+            counts[change.kind] += 1
+    finally:
+        r.close()
+    click.echo(
+        f"\n{counts['+']} added, {counts['-']} removed, {counts['M']} modified, "
+        f"{counts['T']} changed type"
+    )
+
+
+@cli.command()
+@repo_options
+@click.argument("snapshot")
+@click.option(
+    "--target",
+    "-t",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to restore into.",
+)
+@click.option(
+    "--include",
+    "-i",
+    "includes",
+    multiple=True,
+    help="Restore only this snapshot path (repeatable).",
+)
+@handle_errors
+def restore(
+    repo: str, password_file: str | None, snapshot: str, target: str, includes: tuple[str, ...]
+) -> None:
+    """Restore SNAPSHOT (an ID prefix or 'latest') into --target."""
+    r = open_repo(repo, password_file)
+    try:
+        snap = resolve(load_snapshots(r), snapshot)
+        with ProgressBar("restore") as bar:
+            bar.set_total(int(snap.stats.get("bytes_scanned", 0)) if not includes else 0)
+            restorer = Restorer(r, warn=lambda m: bar.print(f"warning: {m}"), progress=bar.advance)
+            result = restorer.restore(snap, target, list(includes))
+    finally:
+        r.close()
+    click.echo(
+        f"restored snapshot {snap.short_id}: {result.files} files, {result.dirs} folders, "
+        f"{fmt.size(result.bytes_written)} in {fmt.duration(result.duration)} to {target}"
+    )
+    if result.warnings:
+        click.echo(f"{len(result.warnings)} warning(s) during restore", err=True)
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.command()
+@repo_options
+@click.argument("snapshot_ids", nargs=-1, required=True)
+@handle_errors
+def forget(repo: str, password_file: str | None, snapshot_ids: tuple[str, ...]) -> None:
+    """Remove snapshots by ID (their data is reclaimed by a later prune)."""
+    r = open_repo(repo, password_file, writer=True)
+    try:
+        snaps = load_snapshots(r)
+        chosen = [resolve(snaps, s) for s in snapshot_ids]
+        for s in chosen:
+            r.delete_snapshot(s.id)
+            click.echo(f"removed snapshot {s.short_id}")
+    finally:
+        r.close()
+
+
+@cli.command(name="check")
+@repo_options
+@click.option("--read-data", is_flag=True, help="Also read and verify every stored blob.")
+@handle_errors
+def check_cmd(repo: str, password_file: str | None, read_data: bool) -> None:
+    """Verify the repository's structure (and with --read-data, all its data)."""
+    r = open_repo(repo, password_file)
+    try:
+        report = check(r, read_data=read_data)
+    finally:
+        r.close()
+    for err in report.errors:
+        click.echo(f"error: {err}", err=True)
+    if report.affected_snapshots:
+        click.echo(
+            "affected snapshots: " + ", ".join(s[:8] for s in sorted(report.affected_snapshots)),
+            err=True,
+        )
+    what = f", {report.blobs_read} blobs read and verified" if read_data else ""
+    if report.ok:
+        click.echo(f"no errors: {report.snapshots} snapshots, {report.trees} trees checked{what}")
+    else:
+        raise StrongroomError(f"check found {len(report.errors)} error(s)")
+
+
+@cli.command()
+@repo_options
+@click.option(
+    "--new-password-file",
+    type=click.Path(dir_okay=False),
+    help="Read the new password from a file.",
+)
+@handle_errors
+def passwd(repo: str, password_file: str | None, new_password_file: str | None) -> None:
+    """Change the repository password (re-wraps the keys; data is not rewritten)."""
+    r = open_repo(repo, password_file, writer=True)
+    try:
+        if new_password_file is None and not sys.stdin.isatty():
+            raise StrongroomError("give the new password with --new-password-file")
+        new = (
+            read_password(new_password_file, confirm=True, prompt="New password")
+            if new_password_file
+            else read_password(None, confirm=True, prompt="New password")
+        )
+        r.change_password(new)
+    finally:
+        r.close()
+    click.echo("password changed")
+
+
+def main() -> None:
+    cli(prog_name="strongroom")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Where passwords come from: env, a file, or a hidden prompt. Never argv."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+
+from ..errors import StrongroomError, UsageError
+
+
+def read_password(
+    password_file: str | None, *, confirm: bool = False, prompt: str = "Password"
+) -> bytes:
+    if password_file:
+        try:
+            with open(password_file, "rb") as fh:
+                raw = fh.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read password file {password_file}: {exc.strerror}") from None
+        pw = raw.rstrip(b"\r\n")
+        if not pw:
+            raise UsageError(f"password file {password_file} is empty")
+        return pw
+    env = os.environ.get("STRONGROOM_PASSWORD")
+    if env:
+        return env.encode("utf-8")
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no password given: set STRONGROOM_PASSWORD, use --password-file, or run on a terminal"
+        )
+    try:
+        first = getpass.getpass(f"{prompt}: ")
+        if not first:
+            raise StrongroomError("empty password")
+        if confirm and getpass.getpass(f"{prompt} (again): ") != first:
+            raise StrongroomError("the two passwords differ")
+    except (EOFError, KeyboardInterrupt):
+        raise StrongroomError("no password entered") from None
+    return first.encode("utf-8")

@@ -1,0 +1,145 @@
+"""Repository keys: created by the client, wrapped with a password-derived key.
+
+The key file is safe to hand to the server: it holds the Argon2id salt and parameters and the
+data/ID keys sealed under the key-encryption key (KEK), which only the password can produce.
+Changing the password re-wraps the same keys, so existing data stays readable.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import crypto
+from .errors import IntegrityError, WrongPasswordError
+
+KEYFILE_VERSION = 1
+_WRAP_AAD = b"strongroom v1 wrapped keys"
+
+
+@dataclass(frozen=True)
+class RepoKeys:
+    """The secrets that protect a repository's content."""
+
+    data_key: bytes  # AES-256-GCM key for blobs and snapshot records
+    id_key: bytes  # BLAKE3 key for blob IDs
+    chunker_seed: int  # randomises chunk boundaries per repository
+
+    def aead(self) -> AESGCM:
+        return AESGCM(self.data_key)
+
+    def hasher(self) -> crypto.BlobHasher:
+        return crypto.BlobHasher(self.id_key)
+
+    @staticmethod
+    def generate() -> RepoKeys:
+        return RepoKeys(
+            data_key=crypto.random_key(),
+            id_key=crypto.random_key(),
+            chunker_seed=secrets.randbits(63),
+        )
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "data_key": _b64(self.data_key),
+                "id_key": _b64(self.id_key),
+                "chunker_seed": self.chunker_seed,
+            },
+            sort_keys=True,
+        ).encode()
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> RepoKeys:
+        try:
+            obj = json.loads(raw)
+            keys = RepoKeys(
+                data_key=_unb64(obj["data_key"]),
+                id_key=_unb64(obj["id_key"]),
+                chunker_seed=int(obj["chunker_seed"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError("key material is malformed") from exc
+        if len(keys.data_key) != crypto.KEY_SIZE or len(keys.id_key) != crypto.KEY_SIZE:
+            raise IntegrityError("key material has wrong key sizes")
+        return keys
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """What is stored (repository or server) to let a password unlock the RepoKeys."""
+
+    salt: bytes
+    kdf: crypto.KdfParams
+    wrapped: bytes  # seal(KEK, RepoKeys.to_bytes())
+    auth_hash: bytes  # hash of the auth key, for a server to check logins without the KEK
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": KEYFILE_VERSION,
+                "kdf": "argon2id",
+                "salt": _b64(self.salt),
+                "memory_kib": self.kdf.memory_kib,
+                "iterations": self.kdf.iterations,
+                "lanes": self.kdf.lanes,
+                "wrapped": _b64(self.wrapped),
+                "auth_hash": _b64(self.auth_hash),
+            },
+            sort_keys=True,
+        )
+
+    @staticmethod
+    def from_json(text: str | bytes) -> KeyFile:
+        try:
+            obj: Any = json.loads(text)
+            if obj.get("version") != KEYFILE_VERSION or obj.get("kdf") != "argon2id":
+                raise IntegrityError("key file has an unsupported version")
+            return KeyFile(
+                salt=_unb64(obj["salt"]),
+                kdf=crypto.KdfParams(
+                    memory_kib=int(obj["memory_kib"]),
+                    iterations=int(obj["iterations"]),
+                    lanes=int(obj["lanes"]),
+                ),
+                wrapped=_unb64(obj["wrapped"]),
+                auth_hash=_unb64(obj["auth_hash"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise IntegrityError("key file is malformed") from exc
+
+
+def auth_hash(auth_key: bytes) -> bytes:
+    """What a server stores to recognise the auth key (never the key itself)."""
+    return crypto.hkdf(auth_key, b"strongroom v1 auth verifier")
+
+
+def create_keyfile(password: bytes, keys: RepoKeys, kdf: crypto.KdfParams | None = None) -> KeyFile:
+    params = kdf or crypto.KdfParams()
+    salt = os.urandom(16)
+    pk = crypto.split_master(crypto.derive_master(password, salt, params))
+    wrapped = crypto.seal(pk.kek, keys.to_bytes(), _WRAP_AAD)
+    return KeyFile(salt=salt, kdf=params, wrapped=wrapped, auth_hash=auth_hash(pk.auth_key))
+
+
+def unlock(keyfile: KeyFile, password: bytes) -> RepoKeys:
+    pk = crypto.split_master(crypto.derive_master(password, keyfile.salt, keyfile.kdf))
+    try:
+        raw = crypto.unseal(pk.kek, keyfile.wrapped, _WRAP_AAD, "key file")
+    except IntegrityError:
+        raise WrongPasswordError("wrong password for this repository") from None
+    return RepoKeys.from_bytes(raw)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)

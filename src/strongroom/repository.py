@@ -1,0 +1,115 @@
+"""The client's view of a repository: keys plus blob and snapshot storage.
+
+`Repository` is the interface the archiver, restorer and checker use. `LocalRepository` talks
+to a PackStore in-process (the `--repo DIR` mode); the network client implements the same
+interface over the protocol, so the engine does not know where its data lives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from . import crypto
+from .blobs import CodecPool
+from .errors import RepositoryError
+from .keys import KeyFile, RepoKeys, create_keyfile, unlock
+from .snapshot import Snapshot, open_snapshot
+from .store import PackStore, SnapshotRow
+
+
+class Repository(Protocol):
+    keys: RepoKeys
+    codecs: CodecPool
+
+    @property
+    def repo_id(self) -> str: ...
+    def known_blob_ids(self) -> set[bytes]: ...
+    def add_blob(self, blob_id: bytes, blob_type: int, stored: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def read_blobs(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]: ...
+    def commit_snapshot(
+        self, snap_id: str, time_ns: int, record: bytes, manifest: Iterable[bytes]
+    ) -> None: ...
+    def snapshot_rows(self) -> list[SnapshotRow]: ...
+    def delete_snapshot(self, snap_id: str) -> bool: ...
+    def bytes_uploaded(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def load_snapshots(repo: Repository) -> list[Snapshot]:
+    aead = repo.keys.aead()
+    return [open_snapshot(aead, row) for row in repo.snapshot_rows()]
+
+
+class LocalRepository:
+    """A repository folder on a local (or mounted) filesystem."""
+
+    def __init__(self, store: PackStore, keys: RepoKeys) -> None:
+        self.store = store
+        self.keys = keys
+        self.codecs = CodecPool(keys.aead(), keys.hasher())
+
+    @staticmethod
+    def init(path: Path, password: bytes, kdf: crypto.KdfParams | None = None) -> LocalRepository:
+        store = PackStore.create(path)
+        keys = RepoKeys.generate()
+        store.set_meta("keyfile", create_keyfile(password, keys, kdf).to_json().encode())
+        store.set_meta("repo_id", os.urandom(16).hex().encode())
+        return LocalRepository(store, keys)
+
+    @staticmethod
+    def open(path: Path, password: bytes, *, writer: bool = False) -> LocalRepository:
+        if not path.exists():
+            raise RepositoryError(f"repository folder {path} does not exist")
+        store = PackStore(path, writer=writer)
+        try:
+            raw = store.get_meta("keyfile")
+            if raw is None:
+                raise RepositoryError(f"repository at {path} has no key file")
+            keys = unlock(KeyFile.from_json(raw), password)
+        except BaseException:
+            store.close()
+            raise
+        return LocalRepository(store, keys)
+
+    @property
+    def repo_id(self) -> str:
+        raw = self.store.get_meta("repo_id")
+        return raw.decode() if raw else "unknown"
+
+    def change_password(self, new_password: bytes, kdf: crypto.KdfParams | None = None) -> None:
+        self.store.set_meta(
+            "keyfile", create_keyfile(new_password, self.keys, kdf).to_json().encode()
+        )
+
+    def known_blob_ids(self) -> set[bytes]:
+        return self.store.all_blob_ids()
+
+    def add_blob(self, blob_id: bytes, blob_type: int, stored: bytes) -> None:
+        self.store.add_blob(blob_id, blob_type, stored)
+
+    def flush(self) -> None:
+        self.store.flush()
+
+    def read_blobs(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        return self.store.read_blobs(blob_ids)
+
+    def commit_snapshot(
+        self, snap_id: str, time_ns: int, record: bytes, manifest: Iterable[bytes]
+    ) -> None:
+        self.store.commit_snapshot(snap_id, time_ns, record, manifest)
+
+    def snapshot_rows(self) -> list[SnapshotRow]:
+        return self.store.list_snapshots()
+
+    def delete_snapshot(self, snap_id: str) -> bool:
+        return self.store.delete_snapshot(snap_id)
+
+    def bytes_uploaded(self) -> int:
+        return self.store.bytes_written
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,85 @@
+"""Snapshot records: encrypted descriptions of one backup, and how users name them."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import crypto
+from .errors import IntegrityError, StrongroomError
+from .store import SnapshotRow
+
+SNAPSHOT_VERSION = 1
+
+
+@dataclass
+class Snapshot:
+    id: str
+    time_ns: int
+    host: str
+    username: str
+    paths: list[str]
+    tree: str  # hex root tree ID
+    parent: str | None = None
+    tags: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.time_ns / 1e9, tz=UTC)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_snapshot_id() -> str:
+    return os.urandom(16).hex()
+
+
+def _aad(snap_id: str) -> bytes:
+    return b"strongroom v1 snapshot " + snap_id.encode("ascii")
+
+
+def seal_snapshot(aead: AESGCM, snap: Snapshot) -> bytes:
+    body = dict(asdict(snap), v=SNAPSHOT_VERSION)
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return crypto.seal(aead, raw, _aad(snap.id))
+
+
+def open_snapshot(aead: AESGCM, row: SnapshotRow) -> Snapshot:
+    raw = crypto.unseal(aead, row.record, _aad(row.snap_id), f"snapshot {row.snap_id[:8]}")
+    try:
+        obj = json.loads(raw)
+        if obj.pop("v") != SNAPSHOT_VERSION:
+            raise IntegrityError(f"snapshot {row.snap_id[:8]} has an unsupported version")
+        snap = Snapshot(**obj)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise IntegrityError(f"snapshot {row.snap_id[:8]} is malformed") from exc
+    if snap.id != row.snap_id:
+        raise IntegrityError(f"snapshot {row.snap_id[:8]} was swapped with another")
+    return snap
+
+
+def resolve(snapshots: list[Snapshot], spec: str) -> Snapshot:
+    """Find a snapshot by 'latest' or a unique ID prefix."""
+    if not snapshots:
+        raise StrongroomError("the repository has no snapshots yet")
+    if spec == "latest":
+        return max(snapshots, key=lambda s: (s.time_ns, s.id))
+    spec_l = spec.lower()
+    matches = [s for s in snapshots if s.id.startswith(spec_l)]
+    if not matches:
+        raise StrongroomError(f"no snapshot matches '{spec}' (see 'strongroom snapshots')")
+    if len(matches) > 1:
+        raise StrongroomError(f"'{spec}' matches {len(matches)} snapshots; give more characters")
+    return matches[0]

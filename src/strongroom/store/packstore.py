@@ -1,0 +1,458 @@
+"""Pack files plus an SQLite index; the durability rules live here.
+
+Write path (see docs/FORMAT.md, "Durability"):
+1. blobs are appended to an in-memory pack buffer;
+2. a full buffer is written to ``packs/xx/NAME.tmp``, fsync'd, renamed to ``NAME`` and the
+   folder fsync'd;
+3. only then are its blobs inserted into the index, in one transaction;
+4. a snapshot row and its manifest are inserted in one transaction that first checks that every
+   blob of the manifest is in the index.
+A crash at any point leaves at worst a ``.tmp`` file or a pack nobody indexed; both are removed
+the next time a writer opens the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from ..crypto import content_checksum
+from ..errors import IntegrityError, RepositoryError
+from .lock import WriterLock
+
+PACK_TARGET_SIZE = 16 * 1024 * 1024
+_WRITE_QUEUE_DEPTH = 2  # packs waiting for disk: bounds memory at ~3 x PACK_TARGET_SIZE
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS packs(
+    id INTEGER PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    size INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs(
+    id INTEGER PRIMARY KEY,
+    blob_id BLOB UNIQUE NOT NULL,
+    type INTEGER NOT NULL,
+    pack INTEGER NOT NULL REFERENCES packs(id),
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    checksum BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
+CREATE TABLE IF NOT EXISTS snapshots(
+    id INTEGER PRIMARY KEY,
+    snap_id TEXT UNIQUE NOT NULL,
+    time_ns INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot_blobs(
+    snapshot INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+    blob INTEGER NOT NULL REFERENCES blobs(id),
+    PRIMARY KEY(snapshot, blob)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS snapshot_blobs_blob ON snapshot_blobs(blob);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    blob_id: bytes
+    type: int
+    pack: str
+    offset: int
+    length: int
+    checksum: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    snap_id: str
+    time_ns: int
+    record: bytes
+
+
+@dataclass
+class _PendingPack:
+    parts: list[bytes]
+    entries: list[tuple[bytes, int, int, int, bytes]]  # blob_id, type, offset, length, checksum
+    size: int = 0
+
+
+class PackStore:
+    """One repository's storage. Thread-safe; blobs may be added from many threads."""
+
+    def __init__(self, root: Path, *, writer: bool = False) -> None:
+        self.root = root
+        index = root / "index.sqlite"
+        if not index.is_file():
+            raise RepositoryError(f"no strongroom repository at {root} (run 'strongroom init')")
+        self._db = _connect(index)
+        self._db_lock = threading.Lock()
+        self._check_schema()
+        self._lock: WriterLock | None = None
+        self._pending_ids: set[bytes] = set()
+        self._current = _PendingPack(parts=[], entries=[])
+        self._buf_lock = threading.Lock()
+        self._queue: queue.Queue[_PendingPack | None] = queue.Queue(_WRITE_QUEUE_DEPTH)
+        self._writer_error: BaseException | None = None
+        self._writer_thread: threading.Thread | None = None
+        self.bytes_written = 0
+        if writer:
+            self._lock = WriterLock(root / "lock")
+            self._lock.acquire()
+            self._remove_unindexed_packs()
+
+    # ---- creation -------------------------------------------------------------------------
+
+    @staticmethod
+    def create(root: Path) -> PackStore:
+        if (root / "index.sqlite").exists():
+            raise RepositoryError(f"a repository already exists at {root}")
+        if root.exists() and any(root.iterdir()):
+            raise RepositoryError(f"{root} exists and is not empty; choose an empty folder")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "packs").mkdir(exist_ok=True)
+        db = _connect(root / "index.sqlite")
+        with db:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT INTO meta(name, value) VALUES('schema', ?)", (str(_SCHEMA_VERSION),))
+        db.close()
+        _fsync_dir(root)
+        return PackStore(root, writer=True)
+
+    def _check_schema(self) -> None:
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise RepositoryError(f"repository index at {self.root} is unreadable: {exc}") from None
+        if row is None or str(row[0]) != str(_SCHEMA_VERSION):
+            raise RepositoryError(f"repository at {self.root} has an unsupported schema")
+
+    # ---- metadata -------------------------------------------------------------------------
+
+    def get_meta(self, name: str) -> bytes | None:
+        with self._db_lock:
+            row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        with self._db_lock, self._db:
+            self._db.execute(
+                "INSERT INTO meta(name, value) VALUES(?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                (name, value),
+            )
+
+    # ---- blobs ----------------------------------------------------------------------------
+
+    def all_blob_ids(self) -> set[bytes]:
+        with self._db_lock:
+            return {bytes(r[0]) for r in self._db.execute("SELECT blob_id FROM blobs")}
+
+    def missing(self, blob_ids: Iterable[bytes]) -> set[bytes]:
+        wanted = set(blob_ids)
+        return wanted - set(self.locate(wanted))
+
+    def add_blob(self, blob_id: bytes, blob_type: int, stored: bytes) -> bool:
+        """Queue an encrypted blob for storage. Returns False if it was already pending."""
+        self._raise_writer_error()
+        if self._lock is None:
+            raise RepositoryError("store was opened read-only")
+        full: _PendingPack | None = None
+        with self._buf_lock:
+            if blob_id in self._pending_ids:
+                return False
+            self._pending_ids.add(blob_id)
+            cur = self._current
+            cur.entries.append(
+                (blob_id, blob_type, cur.size, len(stored), content_checksum(stored))
+            )
+            cur.parts.append(stored)
+            cur.size += len(stored)
+            if cur.size >= PACK_TARGET_SIZE:
+                full = cur
+                self._current = _PendingPack(parts=[], entries=[])
+        if full is not None:
+            self._enqueue(full)
+        return True
+
+    def flush(self) -> None:
+        """Write out everything added so far and wait until it is durable and indexed."""
+        with self._buf_lock:
+            cur = self._current
+            self._current = _PendingPack(parts=[], entries=[])
+        if cur.entries:
+            self._enqueue(cur)
+        if self._writer_thread is not None:
+            self._queue.put(None)
+            self._writer_thread.join()
+            self._writer_thread = None
+        self._raise_writer_error()
+
+    def _enqueue(self, pack: _PendingPack) -> None:
+        if self._writer_thread is None:
+            self._writer_thread = threading.Thread(
+                target=self._writer_loop, name="pack-writer", daemon=True
+            )
+            self._writer_thread.start()
+        self._queue.put(pack)
+
+    def _writer_loop(self) -> None:
+        while True:
+            pack = self._queue.get()
+            if pack is None:
+                return
+            if self._writer_error is not None:
+                continue  # drain so producers never block forever
+            try:
+                self._write_pack(pack)
+            except BaseException as exc:
+                self._writer_error = exc
+
+    def _raise_writer_error(self) -> None:
+        exc = self._writer_error
+        if exc is None:
+            return
+        if isinstance(exc, OSError):
+            raise RepositoryError(f"cannot write to repository: {exc.strerror or exc}") from None
+        raise exc
+
+    def _write_pack(self, pack: _PendingPack) -> None:
+        data = b"".join(pack.parts)
+        pack.parts.clear()
+        name = blake3.blake3(data).hexdigest()
+        folder = self.root / "packs" / name[:2]
+        folder.mkdir(exist_ok=True)
+        final = folder / name
+        tmp = folder / (name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+        with self._db_lock, self._db:
+            cur = self._db.execute(
+                "INSERT INTO packs(name, size, created_ns) VALUES(?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET size=excluded.size RETURNING id",
+                (name, len(data), time.time_ns()),
+            )
+            pack_id = cur.fetchone()[0]
+            self._db.executemany(
+                "INSERT OR IGNORE INTO blobs(blob_id, type, pack, offset, length, checksum) "
+                "VALUES(?, ?, ?, ?, ?, ?)",
+                [(b, t, pack_id, o, n, c) for (b, t, o, n, c) in pack.entries],
+            )
+        self.bytes_written += len(data)
+
+    def locate(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
+        out: dict[bytes, BlobLocation] = {}
+        with self._db_lock, self._db:
+            # A temporary table instead of a long IN (...) list keeps the SQL fully parameterised.
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted(blob_id BLOB PRIMARY KEY)")
+            self._db.execute("DELETE FROM temp.wanted")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO temp.wanted(blob_id) VALUES(?)", ((b,) for b in blob_ids)
+            )
+            rows = self._db.execute(
+                "SELECT b.blob_id, b.type, p.name, b.offset, b.length, b.checksum "
+                "FROM temp.wanted w JOIN blobs b ON b.blob_id = w.blob_id "
+                "JOIN packs p ON p.id = b.pack"
+            ).fetchall()
+            self._db.execute("DELETE FROM temp.wanted")
+        for r in rows:
+            loc = BlobLocation(bytes(r[0]), r[1], r[2], r[3], r[4], bytes(r[5]))
+            out[loc.blob_id] = loc
+        return out
+
+    def read_blob(self, blob_id: bytes) -> bytes:
+        for _bid, data in self.read_blobs([blob_id]):
+            return data
+        raise IntegrityError(f"blob {blob_id.hex()[:16]} is missing from the repository")
+
+    def read_blobs(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (blob_id, stored bytes) in pack order; raise IntegrityError for missing ones."""
+        wanted = list(dict.fromkeys(blob_ids))
+        locs = self.locate(wanted)
+        missing = [b for b in wanted if b not in locs]
+        if missing:
+            raise IntegrityError(
+                f"{len(missing)} blob(s) missing from the repository, e.g. {missing[0].hex()[:16]}"
+            )
+        ordered = sorted(locs.values(), key=lambda loc: (loc.pack, loc.offset))
+        yield from self.read_locations(ordered)
+
+    def read_locations(self, ordered: list[BlobLocation]) -> Iterator[tuple[bytes, bytes]]:
+        current: str | None = None
+        fd = -1
+        try:
+            for loc in ordered:
+                if loc.pack != current:
+                    if fd >= 0:
+                        os.close(fd)
+                        fd = -1
+                    try:
+                        fd = os.open(
+                            self.pack_path(loc.pack), os.O_RDONLY | getattr(os, "O_BINARY", 0)
+                        )
+                    except FileNotFoundError:
+                        raise IntegrityError(f"pack {loc.pack[:16]} is missing") from None
+                    current = loc.pack
+                data = (
+                    os.pread(fd, loc.length, loc.offset)
+                    if hasattr(os, "pread")
+                    else _pread(fd, loc)
+                )
+                if len(data) != loc.length or content_checksum(data) != loc.checksum:
+                    raise IntegrityError(
+                        f"blob {loc.blob_id.hex()[:16]} in pack {loc.pack[:16]} is damaged"
+                    )
+                yield loc.blob_id, data
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def pack_path(self, name: str) -> Path:
+        return self.root / "packs" / name[:2] / name
+
+    def iter_index(self) -> Iterator[BlobLocation]:
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT b.blob_id, b.type, p.name, b.offset, b.length, b.checksum "
+                "FROM blobs b JOIN packs p ON p.id = b.pack ORDER BY p.name, b.offset"
+            ).fetchall()
+        for r in rows:
+            yield BlobLocation(bytes(r[0]), r[1], r[2], r[3], r[4], bytes(r[5]))
+
+    def packs(self) -> dict[str, int]:
+        with self._db_lock:
+            return {r[0]: r[1] for r in self._db.execute("SELECT name, size FROM packs")}
+
+    def stored_bytes(self) -> int:
+        with self._db_lock:
+            row = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM packs").fetchone()
+        return int(row[0])
+
+    # ---- snapshots ------------------------------------------------------------------------
+
+    def commit_snapshot(
+        self, snap_id: str, time_ns: int, record: bytes, manifest: Iterable[bytes]
+    ) -> None:
+        """Make a snapshot visible, atomically, only if every blob it references is stored."""
+        ids = list(set(manifest))
+        with self._db_lock, self._db:
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS manifest(blob_id BLOB PRIMARY KEY)")
+            self._db.execute("DELETE FROM temp.manifest")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO temp.manifest(blob_id) VALUES(?)", ((b,) for b in ids)
+            )
+            found = self._db.execute(
+                "SELECT COUNT(*) FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id"
+            ).fetchone()[0]
+            if found != len(ids):
+                self._db.execute("DELETE FROM temp.manifest")
+                raise IntegrityError(
+                    f"snapshot references {len(ids) - found} blob(s) the repository does not have"
+                )
+            cur = self._db.execute(
+                "INSERT INTO snapshots(snap_id, time_ns, record) VALUES(?, ?, ?) RETURNING id",
+                (snap_id, time_ns, record),
+            )
+            row_id = cur.fetchone()[0]
+            self._db.execute(
+                "INSERT INTO snapshot_blobs(snapshot, blob) "
+                "SELECT ?, b.id FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id",
+                (row_id,),
+            )
+            self._db.execute("DELETE FROM temp.manifest")
+
+    def list_snapshots(self) -> list[SnapshotRow]:
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT snap_id, time_ns, record FROM snapshots ORDER BY time_ns, snap_id"
+            ).fetchall()
+        return [SnapshotRow(r[0], r[1], bytes(r[2])) for r in rows]
+
+    def snapshot_manifest(self, snap_id: str) -> set[bytes]:
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT b.blob_id FROM snapshot_blobs sb JOIN snapshots s ON s.id = sb.snapshot "
+                "JOIN blobs b ON b.id = sb.blob WHERE s.snap_id = ?",
+                (snap_id,),
+            ).fetchall()
+        return {bytes(r[0]) for r in rows}
+
+    def delete_snapshot(self, snap_id: str) -> bool:
+        if self._lock is None:
+            raise RepositoryError("store was opened read-only")
+        with self._db_lock, self._db:
+            cur = self._db.execute("DELETE FROM snapshots WHERE snap_id = ?", (snap_id,))
+            return cur.rowcount > 0
+
+    # ---- housekeeping ---------------------------------------------------------------------
+
+    def _remove_unindexed_packs(self) -> None:
+        """Remove leftovers of a writer that died; safe because we hold the writer lock."""
+        known = set(self.packs())
+        packs_dir = self.root / "packs"
+        if not packs_dir.is_dir():
+            return
+        for sub in packs_dir.iterdir():
+            if not sub.is_dir():
+                continue
+            for entry in sub.iterdir():
+                if entry.name.endswith(".tmp") or entry.name not in known:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
+
+    def close(self) -> None:
+        try:
+            if self._lock is not None and self._writer_thread is not None:
+                self.flush()
+        finally:
+            with self._db_lock:
+                self._db.close()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    db.isolation_level = "DEFERRED"
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # a committed index row survives power loss
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pread(fd: int, loc: BlobLocation) -> bytes:  # pragma: no cover - Windows fallback
+    os.lseek(fd, loc.offset, os.SEEK_SET)
+    return os.read(fd, loc.length)

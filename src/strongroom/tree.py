@@ -1,0 +1,176 @@
+"""Tree blobs: one directory listing, encoded deterministically.
+
+Determinism is what makes an unchanged directory produce the same tree ID, so incremental
+backups upload nothing for it. Encoding: canonical JSON (sorted keys, no whitespace), entries
+sorted by the name's filesystem bytes. Names are stored as str decoded with the filesystem
+encoding and surrogateescape, so non-UTF-8 names survive byte for byte (json escapes lone
+surrogates as \\udcXX).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import IntegrityError
+
+TREE_VERSION = 1
+
+# Entry types
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+FIFO = "fifo"
+SOCKET = "socket"
+CHARDEV = "chardev"
+BLOCKDEV = "blockdev"
+TYPES = frozenset({FILE, DIR, SYMLINK, FIFO, SOCKET, CHARDEV, BLOCKDEV})
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRef:
+    """A slice of a blob: the whole blob when offset == 0 and length == the blob's size."""
+
+    blob_id: bytes
+    offset: int
+    length: int
+
+    def encode(self) -> list[Any]:
+        return [self.blob_id.hex(), self.offset, self.length]
+
+    @staticmethod
+    def decode(raw: Any) -> ContentRef:
+        if not (isinstance(raw, list) and len(raw) == 3):
+            raise IntegrityError("tree has a malformed content reference")
+        blob_hex, offset, length = raw
+        if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0:
+            raise IntegrityError("tree has a malformed content reference")
+        return ContentRef(_unhex(blob_hex), offset, length)
+
+
+@dataclass(slots=True)
+class Node:
+    """One directory entry with the metadata we back up and restore."""
+
+    name: str
+    type: str
+    mode: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0  # with inode: how an unchanged file is recognised without reading it
+    inode: int = 0
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    content: list[ContentRef] = field(default_factory=list)
+    subtree: bytes | None = None  # tree ID for directories
+    target: str | None = None  # symlink target
+    device: int = 0  # rdev for device nodes
+    hardlink: str | None = None  # "dev:ino" shared by entries that are hard links of each other
+
+    def encode(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type,
+            "mode": self.mode,
+            "mtime_ns": self.mtime_ns,
+            "ctime_ns": self.ctime_ns,
+            "inode": self.inode,
+            "uid": self.uid,
+            "gid": self.gid,
+        }
+        if self.type == FILE:
+            out["size"] = self.size
+            out["content"] = [ref.encode() for ref in self.content]
+        if self.subtree is not None:
+            out["subtree"] = self.subtree.hex()
+        if self.target is not None:
+            out["target"] = self.target
+        if self.device:
+            out["device"] = self.device
+        if self.hardlink is not None:
+            out["hardlink"] = self.hardlink
+        return out
+
+    @staticmethod
+    def decode(raw: Any) -> Node:
+        if not isinstance(raw, dict):
+            raise IntegrityError("tree entry is not an object")
+        try:
+            node = Node(
+                name=_str(raw["name"]),
+                type=_str(raw["type"]),
+                mode=_int(raw.get("mode", 0)),
+                mtime_ns=_int(raw.get("mtime_ns", 0)),
+                ctime_ns=_int(raw.get("ctime_ns", 0)),
+                inode=_int(raw.get("inode", 0)),
+                uid=_int(raw.get("uid", 0)),
+                gid=_int(raw.get("gid", 0)),
+                size=_int(raw.get("size", 0)),
+                content=[ContentRef.decode(r) for r in _list(raw.get("content", []))],
+                subtree=_unhex(raw["subtree"]) if "subtree" in raw else None,
+                target=_str(raw["target"]) if "target" in raw else None,
+                device=_int(raw.get("device", 0)),
+                hardlink=_str(raw["hardlink"]) if "hardlink" in raw else None,
+            )
+        except KeyError as exc:
+            raise IntegrityError(f"tree entry lacks {exc}") from None
+        if node.type not in TYPES:
+            raise IntegrityError("tree entry has an unknown type")
+        if node.type == DIR and node.subtree is None:
+            raise IntegrityError("directory entry has no subtree")
+        if node.type == SYMLINK and node.target is None:
+            raise IntegrityError("symlink entry has no target")
+        return node
+
+
+def name_key(name: str) -> bytes:
+    return os.fsencode(name) if os.name != "nt" else name.encode("utf-8", "surrogatepass")
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    ordered = sorted(nodes, key=lambda n: name_key(n.name))
+    for prev, cur in itertools.pairwise(ordered):
+        if prev.name == cur.name:
+            raise ValueError(f"duplicate name in tree: {cur.name!r}")
+    doc = {"v": TREE_VERSION, "entries": [n.encode() for n in ordered]}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def decode_tree(raw: bytes) -> list[Node]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError("tree blob is not valid JSON") from exc
+    if not isinstance(doc, dict) or doc.get("v") != TREE_VERSION:
+        raise IntegrityError("tree blob has an unsupported version")
+    return [Node.decode(e) for e in _list(doc.get("entries"))]
+
+
+def _unhex(value: Any) -> bytes:
+    if not isinstance(value, str) or len(value) != 64:
+        raise IntegrityError("tree has a malformed blob ID")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise IntegrityError("tree has a malformed blob ID") from None
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise IntegrityError("tree has a malformed number")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise IntegrityError("tree has a malformed string")
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise IntegrityError("tree has a malformed list")
+    return value
