@@ -15,6 +15,7 @@ snapshot references is durable.
 from __future__ import annotations
 
 import getpass
+import marshal
 import os
 import socket
 import stat
@@ -34,7 +35,7 @@ from .cache import CachedDir, LocalCache
 from .chunker import Chunker
 from .errors import StrongroomError
 from .excludes import ExcludeMatcher
-from .fsmeta import node_from_stat, node_type, same_file, stat_key
+from .fsmeta import node_from_stat, node_type, same_file
 from .repository import Repository
 from .snapshot import Snapshot, new_snapshot_id, seal_snapshot
 from .tree import ContentRef, Node
@@ -92,8 +93,13 @@ class _DirJob:
     files_unchanged: bool = False
     nodes: list[Node] = field(default_factory=list)
     pending: list[_Pending] = field(default_factory=list)
-    children: list[tuple[Node, _DirJob]] = field(default_factory=list)
-    child_dirs: list[tuple[Node, str, bytes | None]] = field(default_factory=list)
+    items: list[tuple[str, str, str, os.stat_result]] = field(default_factory=list)
+    children: list[tuple[str, _DirJob]] = field(default_factory=list)
+    child_dirs: list[tuple[str, str, bytes | None]] = field(default_factory=list)
+    listings: list[Future[tuple[list[tuple[str, str, str, os.stat_result]], bool]]] = field(
+        default_factory=list
+    )
+    no_cache: bool = False  # something in it could not be read: do not trust it next time
     nfiles: int = 0
     tree_id: bytes | None = None
     refs: frozenset[bytes] = frozenset()
@@ -126,8 +132,11 @@ class Archiver:
         self._inodes: dict[tuple[int, int], Future[list[ContentRef | Slice]]] = {}
         self._dircache: dict[str, CachedDir] = {}
         self._new_dircache: dict[str, CachedDir] = {}
+        self._manifest: set[bytes] = set()
+        self._cache_loaded: dict[str, CachedDir] | None = None
         self._ready: deque[_DirJob] = deque()
         self._pool: ThreadPoolExecutor | None = None
+        self._lister: ThreadPoolExecutor | None = None
         self._bundler = Bundler(self._store_bundle)
         self.result: BackupResult | None = None
         self._warnings: list[str] = []
@@ -152,12 +161,13 @@ class Archiver:
         roots = self._check_roots(paths)
         self._known = self.repo.known_blob_ids()
         if self.cache is not None and parent is not None and self.cache.snapshot_id() == parent.id:
-            self._dircache = {
-                p: d for p, d in self.cache.load_dirs().items() if d.refs <= self._known
-            }
+            loaded = self.cache.load_dirs()
+            self._dircache = {p: d for p, d in loaded.items() if d.refs <= self._known}
+            self._cache_loaded = loaded
         root_tree = bytes.fromhex(parent.tree) if parent is not None else None
 
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="backup")
+        self._lister = ThreadPoolExecutor(1, thread_name_prefix="lister")
         try:
             root = self._enter_root(roots, root_tree)
             self._walk(root)
@@ -167,12 +177,11 @@ class Archiver:
             self._bundler.flush()
             self._finalize_ready(final=True)
         finally:
+            self._lister.shutdown(wait=True, cancel_futures=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
         assert root.tree_id is not None
 
-        manifest: set[bytes] = set()
-        for d in self._new_dircache.values():
-            manifest |= d.refs
+        manifest = self._manifest
         self.repo.flush()
         snap = Snapshot(
             id=new_snapshot_id(),
@@ -200,7 +209,7 @@ class Archiver:
             snap.id, snap.time_ns, seal_snapshot(self.repo.keys.aead(), snap), manifest
         )
         if self.cache is not None:
-            self.cache.save(snap.id, self._new_dircache)
+            self.cache.save(snap.id, self._new_dircache, self._cache_loaded)
             self.cache.add_small([(cid, s.ref()) for cid, s in self._new_small])
         result.duration = time.monotonic() - started
         self.result = result
@@ -241,7 +250,15 @@ class Archiver:
             items.append((name, full, kind, st))
         return self._enter("", items, old_tree)
 
+    def _prefetch(self, job: _DirJob) -> None:
+        """List subfolders on another thread: lstat releases the GIL, so it overlaps our work."""
+        assert self._lister is not None
+        job.listings = [
+            self._lister.submit(self._list_dir, full) for _n, full, _o in job.child_dirs
+        ]
+
     def _walk(self, root: _DirJob) -> None:
+        self._prefetch(root)
         stack: list[tuple[_DirJob, int]] = [(root, 0)]
         while stack:
             job, i = stack[-1]
@@ -251,20 +268,23 @@ class Archiver:
                 self._finalize_ready(final=False)
                 continue
             stack[-1] = (job, i + 1)
-            node, full, old_tree = job.child_dirs[i]
-            child = self._enter(full, self._list_dir(full), old_tree)
-            job.children.append((node, child))
+            name, full, old_tree = job.child_dirs[i]
+            items, readable = job.listings[i].result()
+            child = self._enter(full, items, old_tree)
+            self._prefetch(child)
+            child.no_cache = not readable
+            job.children.append((name, child))
             stack.append((child, 0))
 
-    def _list_dir(self, path: str) -> list[tuple[str, str, str, os.stat_result]]:
+    def _list_dir(self, path: str) -> tuple[list[tuple[str, str, str, os.stat_result]], bool]:
         items: list[tuple[str, str, str, os.stat_result]] = []
         try:
             with os.scandir(path) as it:
                 entries = list(it)
         except OSError as exc:
             self._warn(f"{path}: cannot read folder ({exc.strerror}); stored as empty")
-            return items
-        entries.sort(key=lambda e: tree.name_key(e.name))
+            return items, False
+        entries.sort(key=_entry_name)  # any fixed order will do; trees sort by bytes themselves
         for entry in entries:
             full = entry.path
             if self.excludes and self.excludes.excluded(full):
@@ -274,12 +294,12 @@ class Archiver:
             except OSError as exc:
                 self._warn(f"{full}: cannot stat ({exc.strerror}); skipped")
                 continue
-            kind = node_type(st)
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode))
             if kind is None:
                 self._warn(f"{full}: unknown file type; skipped")
                 continue
             items.append((entry.name, full, kind, st))
-        return items
+        return items, True
 
     def _enter(
         self,
@@ -288,63 +308,84 @@ class Archiver:
         old_tree: bytes | None,
     ) -> _DirJob:
         self._dirs += 1
-        job = _DirJob(path=path, old_tree=old_tree)
-        sig = blake3.blake3()
-        for name, _full, kind, st in items:
-            sig.update(tree.name_key(name) + b"\0" + repr(stat_key(kind, st)).encode() + b"\n")
-        job.own_sig = sig.digest()
+        job = _DirJob(path=path, old_tree=old_tree, items=items)
+        job.own_sig = blake3.blake3(
+            marshal.dumps(
+                [
+                    (
+                        n,
+                        s.st_mode,
+                        s.st_size,
+                        s.st_mtime_ns,
+                        s.st_ctime_ns,
+                        s.st_ino,
+                        s.st_uid,
+                        s.st_gid,
+                    )
+                    for n, _f, _k, s in items
+                ]
+            )
+        ).digest()
         cached = self._dircache.get(path)
         if cached is not None and old_tree is not None and cached.tree_id != old_tree:
             cached = None  # cache describes another tree than the parent snapshot's
         job.cached = cached
         job.files_unchanged = cached is not None and cached.own_sig == job.own_sig
-        old_nodes: dict[str, Node] | None = None
-        if not job.files_unchanged:
-            old_nodes = self._old_nodes(old_tree)
+        if job.files_unchanged:
+            self._enter_unchanged(job)
+            return job
+        old_nodes = self._old_nodes(old_tree)
 
         present: dict[str, str] = {}
-        fast_files = fast_bytes = 0
         for name, full, kind, st in items:
             present[name] = kind
             node = node_from_stat(name, kind, st)
             job.nodes.append(node)
             if kind == tree.DIR:
-                child_old: bytes | None = None
-                child_cache = self._dircache.get(full)
-                if old_nodes is None and child_cache is not None:
-                    child_old = child_cache.tree_id
-                else:
-                    if old_nodes is None:
-                        old_nodes = self._old_nodes(old_tree)
-                    old = old_nodes.get(name)
-                    child_old = old.subtree if old is not None and old.type == tree.DIR else None
-                job.child_dirs.append((node, full, child_old))
+                old = old_nodes.get(name)
+                child_old = old.subtree if old is not None and old.type == tree.DIR else None
+                job.child_dirs.append((name, full, child_old))
                 continue
             job.nfiles += 1
             self._files += 1
             if kind == tree.FILE:
                 self._bytes_scanned += st.st_size
-            if job.files_unchanged:
-                fast_files += 1
-                fast_bytes += st.st_size if kind == tree.FILE else 0
-                continue
-            assert old_nodes is not None
             old = old_nodes.get(name)
             self._classify(job, node, full, kind, st, old if old and old.type != tree.DIR else None)
-        if fast_files:
-            self._counts["unchanged"] += fast_files
-            self.progress(fast_files, fast_bytes)
-
-        if old_nodes is not None:
-            for name, old in old_nodes.items():
-                now = present.get(name)
-                if now is not None and (now == tree.DIR) == (old.type == tree.DIR):
-                    continue
-                if old.type == tree.DIR:
-                    self._counts["removed"] += self._count_files(old, path, name)
-                else:
-                    self._counts["removed"] += 1
+        for name, old in old_nodes.items():
+            now = present.get(name)
+            if now is not None and (now == tree.DIR) == (old.type == tree.DIR):
+                continue
+            if old.type == tree.DIR:
+                self._counts["removed"] += self._count_files(old, path, name)
+            else:
+                self._counts["removed"] += 1
         return job
+
+    def _enter_unchanged(self, job: _DirJob) -> None:
+        """The fast path: same entries with the same lstat as in the parent snapshot."""
+        files = nbytes = 0
+        old_nodes: dict[str, Node] | None = None
+        for name, full, kind, st in job.items:
+            if kind == tree.DIR:
+                child_cache = self._dircache.get(full)
+                if child_cache is not None:
+                    child_old: bytes | None = child_cache.tree_id
+                else:
+                    if old_nodes is None:
+                        old_nodes = self._old_nodes(job.old_tree)
+                    old = old_nodes.get(name)
+                    child_old = old.subtree if old is not None else None
+                job.child_dirs.append((name, full, child_old))
+            else:
+                files += 1
+                if kind == tree.FILE:
+                    nbytes += st.st_size
+        job.nfiles = files
+        self._files += files
+        self._bytes_scanned += nbytes
+        self._counts["unchanged"] += files
+        self.progress(files, nbytes)
 
     def _classify(
         self,
@@ -541,15 +582,19 @@ class Archiver:
             try:
                 p.node.content = [r.ref() if isinstance(r, Slice) else r for r in p.future.result()]
                 self._count(p.change)
+                if p.node.mtime_ns == 0:  # changed while being read (see _read_file)
+                    job.no_cache = True
             except _FileSkipped as exc:
                 self._warn(str(exc))
+                job.no_cache = True
                 job.nodes.remove(p.node)
                 job.nfiles -= 1
                 self._files -= 1
         sig = blake3.blake3(job.own_sig)
-        for node, child in job.children:
+        subtrees: dict[str, bytes] = {}
+        for name, child in job.children:
             assert child.tree_id is not None
-            node.subtree = child.tree_id
+            subtrees[name] = child.tree_id
             sig.update(child.tree_id)
             job.nfiles += child.nfiles
         full_sig = sig.digest()
@@ -558,39 +603,52 @@ class Archiver:
             job.tree_id, job.refs = cached.tree_id, cached.refs
         else:
             if job.files_unchanged:
-                self._fill_from_old(job)
+                self._nodes_from_old(job)
+            for node in job.nodes:
+                if node.type == tree.DIR:
+                    node.subtree = subtrees[node.name]
             raw = tree.encode_tree(job.nodes)
             tree_id = self._hasher(raw)
             if self._claim(tree_id):
-                self.repo.add_blob(
-                    tree_id, BlobType.TREE, self.repo.codecs.get().encode(tree_id, raw)
-                )
+                stored = self.repo.codecs.get().encode(tree_id, raw)
+                self.repo.add_blob(tree_id, BlobType.TREE, stored)
             refs = {tree_id}
             for n in job.nodes:
                 refs.update(r.blob_id for r in n.content)
             job.tree_id, job.refs = tree_id, frozenset(refs)
-        self._new_dircache[job.path] = CachedDir(
-            job.own_sig, full_sig, job.tree_id, job.refs, job.nfiles
-        )
+        if job.no_cache:
+            # Re-examine this folder next time (a file was unreadable or changing).
+            self._new_dircache.pop(job.path, None)
+        self._manifest |= job.refs
+        if not job.no_cache:
+            self._new_dircache[job.path] = CachedDir(
+                job.own_sig, full_sig, job.tree_id, job.refs, job.nfiles
+            )
         # Free memory: the parent only needs the tree ID, the file count and the refs.
         job.nodes = []
+        job.items = []
+        job.listings = []
         job.pending = []
         job.children = []
         job.child_dirs = []
 
-    def _fill_from_old(self, job: _DirJob) -> None:
+    def _nodes_from_old(self, job: _DirJob) -> None:
+        """Build the nodes of an unchanged folder whose subfolders changed."""
         old_nodes = self._old_nodes(job.old_tree)
-        for node in job.nodes:
-            old = old_nodes.get(node.name)
-            if old is None:  # the cache lied: be safe and fail loudly rather than lose data
-                raise StrongroomError(
-                    f"local cache is inconsistent for {job.path}; delete {_cache_hint(self.cache)}"
-                )
-            if node.type == tree.FILE:
+        for name, _full, kind, st in job.items:
+            node = node_from_stat(name, kind, st)
+            if kind != tree.DIR:
+                old = old_nodes.get(name)
+                if old is None or old.type != kind:
+                    raise StrongroomError(
+                        f"local cache is inconsistent for {job.path}; "
+                        f"delete {_cache_hint(self.cache)} and run the backup again"
+                    )
                 node.content = list(old.content)
                 node.size = old.size
-            elif node.type == tree.SYMLINK:
                 node.target = old.target
+                node.mtime_ns = old.mtime_ns
+            job.nodes.append(node)
 
     def _warn(self, message: str) -> None:
         self._warnings.append(message)
@@ -600,6 +658,21 @@ class Archiver:
 
 class _FileSkipped(Exception):
     pass
+
+
+_KINDS = {
+    stat.S_IFREG: tree.FILE,
+    stat.S_IFDIR: tree.DIR,
+    stat.S_IFLNK: tree.SYMLINK,
+    stat.S_IFIFO: tree.FIFO,
+    stat.S_IFSOCK: tree.SOCKET,
+    stat.S_IFCHR: tree.CHARDEV,
+    stat.S_IFBLK: tree.BLOCKDEV,
+}
+
+
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def _done(p: _Pending) -> bool:

@@ -94,15 +94,27 @@ class LocalCache:
             out[path] = CachedDir(bytes(own), bytes(full), bytes(tree_id), ids, nfiles)
         return out
 
-    def save(self, snapshot_id: str, dirs: dict[str, CachedDir]) -> None:
+    def save(
+        self, snapshot_id: str, dirs: dict[str, CachedDir], previous: dict[str, CachedDir] | None
+    ) -> None:
+        """Write only what differs from the cache we loaded: an unchanged tree writes nothing.
+
+        previous=None means the stored rows are not what we loaded: rewrite everything.
+        """
         with self._lock, self._db:
-            self._db.execute("DELETE FROM dirs")
+            if previous is None:
+                self._db.execute("DELETE FROM dirs")
+                previous = {}
             self._db.executemany(
-                "INSERT INTO dirs(path, own_sig, full_sig, tree_id, refs, nfiles) "
+                "DELETE FROM dirs WHERE path=?", ((p,) for p in previous.keys() - dirs.keys())
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO dirs(path, own_sig, full_sig, tree_id, refs, nfiles) "
                 "VALUES(?, ?, ?, ?, ?, ?)",
                 (
                     (p, d.own_sig, d.full_sig, d.tree_id, b"".join(sorted(d.refs)), d.nfiles)
                     for p, d in dirs.items()
+                    if previous.get(p) != d
                 ),
             )
             self._db.execute(
