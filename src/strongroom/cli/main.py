@@ -27,7 +27,7 @@ from ..restorer import Restorer
 from ..snapshot import Snapshot, resolve
 from . import format as fmt
 from .progress import ProgressBar
-from .secrets_input import read_password
+from .secrets_input import read_new_password, read_password
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -427,13 +427,7 @@ def passwd(repo: str, password_file: str | None, new_password_file: str | None) 
     """Change the repository password (re-wraps the keys; data is not rewritten)."""
     r = open_repo(repo, password_file, writer=True)
     try:
-        if new_password_file is None and not sys.stdin.isatty():
-            raise StrongroomError("give the new password with --new-password-file")
-        new = (
-            read_password(new_password_file, confirm=True, prompt="New password")
-            if new_password_file
-            else read_password(None, confirm=True, prompt="New password")
-        )
+        new = read_new_password(new_password_file)
         r.change_password(new)
     finally:
         r.close()

@@ -38,3 +38,20 @@ def read_password(
     except (EOFError, KeyboardInterrupt):
         raise StrongroomError("no password entered") from None
     return first.encode("utf-8")
+
+
+def read_new_password(password_file: str | None) -> bytes:
+    """A new password: from a file, or asked twice on a terminal (never from the environment)."""
+    if password_file:
+        return read_password(password_file)
+    if not sys.stdin.isatty():
+        raise UsageError("give the new password with --new-password-file or run on a terminal")
+    try:
+        first = getpass.getpass("New password: ")
+        if not first:
+            raise StrongroomError("empty password")
+        if getpass.getpass("New password (again): ") != first:
+            raise StrongroomError("the two passwords differ")
+    except (EOFError, KeyboardInterrupt):
+        raise StrongroomError("no password entered") from None
+    return first.encode("utf-8")
