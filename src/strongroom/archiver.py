@@ -75,13 +75,23 @@ class BackupResult:
         }
 
 
+_FileResult = list[ContentRef | Slice] | Exception
+_BatchFuture = Future[list[_FileResult]]
+_BATCH_FILES = 64  # small files per worker task: fewer futures, less GIL ping-pong
+_BATCH_BYTES = 4 * 1024 * 1024
+
+
 @dataclass
 class _Pending:
-    """A file being read by a worker."""
+    """A file being read by a worker, as item `index` of a batch."""
 
     node: Node
-    future: Future[list[ContentRef | Slice]]
+    future: _BatchFuture
+    index: int
     change: str  # "added" or "modified" or "unchanged" (re-read because its blobs were gone)
+
+    def result(self) -> _FileResult:
+        return self.future.result()[self.index]
 
 
 @dataclass
@@ -129,11 +139,15 @@ class Archiver:
         self._small_seen: dict[bytes, Slice | ContentRef] = {}
         self._small_lock = threading.Lock()
         self._new_small: list[tuple[bytes, Slice]] = []
-        self._inodes: dict[tuple[int, int], Future[list[ContentRef | Slice]]] = {}
+        self._inodes: dict[tuple[int, int], tuple[_BatchFuture, int]] = {}
+        self._batch: list[tuple[str, os.stat_result, Node]] = []
+        self._batch_bytes = 0
+        self._batch_future: _BatchFuture = Future()
         self._dircache: dict[str, CachedDir] = {}
         self._new_dircache: dict[str, CachedDir] = {}
         self._manifest: set[bytes] = set()
         self._cache_loaded: dict[str, CachedDir] | None = None
+        self._small_cached = False
         self._ready: deque[_DirJob] = deque()
         self._pool: ThreadPoolExecutor | None = None
         self._lister: ThreadPoolExecutor | None = None
@@ -160,6 +174,7 @@ class Archiver:
         started = time.monotonic()
         roots = self._check_roots(paths)
         self._known = self.repo.known_blob_ids()
+        self._small_cached = self.cache is not None and self.cache.has_small()
         if self.cache is not None and parent is not None and self.cache.snapshot_id() == parent.id:
             loaded = self.cache.load_dirs()
             self._dircache = {p: d for p, d in loaded.items() if d.refs <= self._known}
@@ -171,6 +186,7 @@ class Archiver:
         try:
             root = self._enter_root(roots, root_tree)
             self._walk(root)
+            self._submit_batch()
             for job in self._ready:
                 for p in job.pending:
                     p.future.exception()  # wait; errors are handled at finalise time
@@ -414,15 +430,47 @@ class Archiver:
             self.progress(1, st.st_size)
             return
         change = "unchanged" if unchanged else ("modified" if old is not None else "added")
-        assert self._pool is not None
-        future: Future[list[ContentRef | Slice]] | None = None
         if st.st_nlink > 1:
-            future = self._inodes.get((st.st_dev, st.st_ino))
-        if future is None:
-            future = self._pool.submit(self._read_file, full, st, node)
-            if st.st_nlink > 1:
-                self._inodes[(st.st_dev, st.st_ino)] = future
-        job.pending.append(_Pending(node, future, change))
+            shared = self._inodes.get((st.st_dev, st.st_ino))
+            if shared is not None:  # another name of a file we are already reading
+                job.pending.append(_Pending(node, shared[0], shared[1], change))
+                return
+        batch = self._batch
+        batch.append((full, st, node))
+        self._batch_bytes += st.st_size
+        future = self._batch_future
+        job.pending.append(_Pending(node, future, len(batch) - 1, change))
+        if st.st_nlink > 1:
+            self._inodes[(st.st_dev, st.st_ino)] = (future, len(batch) - 1)
+        if len(batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
+            self._submit_batch()
+
+    def _submit_batch(self) -> None:
+        """Hand the collected files to a worker; the future was created when the batch began."""
+        if not self._batch:
+            return
+        assert self._pool is not None
+        batch, future = self._batch, self._batch_future
+        self._batch, self._batch_bytes = [], 0
+        self._batch_future = Future()
+        self._pool.submit(self._read_batch, batch, future)
+
+    def _read_batch(
+        self, batch: list[tuple[str, os.stat_result, Node]], future: _BatchFuture
+    ) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        results: list[_FileResult] = []
+        try:
+            for full, st, node in batch:
+                try:
+                    results.append(self._read_file(full, st, node))
+                except _FileSkipped as exc:
+                    results.append(exc)
+        except BaseException as exc:
+            future.set_exception(exc)
+            return
+        future.set_result(results)
 
     def _count(self, what: str) -> None:
         self._counts[what] += 1
@@ -486,7 +534,7 @@ class Archiver:
             if not stat.S_ISREG(before.st_mode):
                 raise _FileSkipped(f"{full}: is no longer a regular file; skipped")
             if st.st_size < SMALL_FILE_LIMIT:
-                refs, size = self._read_small(fd)
+                refs, size = self._read_small(fd, st.st_size)
             else:
                 refs, size = self._read_chunked(fd)
             after = os.fstat(fd)
@@ -502,14 +550,16 @@ class Archiver:
         self.progress(1, size)
         return refs
 
-    def _read_small(self, fd: int) -> tuple[list[ContentRef | Slice], int]:
-        parts = []
-        while True:
-            block = os.read(fd, SMALL_FILE_LIMIT)
-            if not block:
-                break
-            parts.append(block)
-        data = b"".join(parts)
+    def _read_small(self, fd: int, expected: int) -> tuple[list[ContentRef | Slice], int]:
+        data = os.read(fd, expected + 1)  # one call in the common case; +1 detects growth
+        if len(data) != expected:
+            parts = [data]
+            while True:
+                block = os.read(fd, SMALL_FILE_LIMIT)
+                if not block:
+                    break
+                parts.append(block)
+            data = b"".join(parts)
         if not data:
             return [], 0
         if len(data) >= SMALL_FILE_LIMIT:  # grew while we read: store it like a large file
@@ -517,7 +567,7 @@ class Archiver:
         cid = self._hasher(data)
         with self._small_lock:
             seen = self._small_seen.get(cid)
-        if seen is None and self.cache is not None:
+        if seen is None and self.cache is not None and self._small_cached:
             ref = self.cache.lookup_small(cid)
             if ref is not None and ref.blob_id in self._known:
                 seen = ref
@@ -580,7 +630,10 @@ class Archiver:
     def _finalize(self, job: _DirJob) -> None:
         for p in job.pending:
             try:
-                p.node.content = [r.ref() if isinstance(r, Slice) else r for r in p.future.result()]
+                res = p.result()
+                if isinstance(res, Exception):
+                    raise res
+                p.node.content = [r.ref() if isinstance(r, Slice) else r for r in res]
                 self._count(p.change)
                 if p.node.mtime_ns == 0:  # changed while being read (see _read_file)
                     job.no_cache = True
@@ -680,7 +733,8 @@ def _done(p: _Pending) -> bool:
         return False
     if p.future.exception() is not None:
         return True
-    return all(r.ready() for r in p.future.result() if isinstance(r, Slice))
+    res = p.result()
+    return isinstance(res, Exception) or all(r.ready() for r in res if isinstance(r, Slice))
 
 
 def _username() -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,10 @@ CREATE TABLE IF NOT EXISTS dirs(
     refs BLOB NOT NULL,
     nfiles INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS small(
-    cid BLOB PRIMARY KEY,
-    blob_id BLOB NOT NULL,
-    offset INTEGER NOT NULL,
-    length INTEGER NOT NULL
-);
 """
+
+
+_SMALL_RECORD = struct.Struct("<32s32sII")  # content ID, bundle blob ID, offset, length
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +70,8 @@ class LocalCache:
                 self.path.unlink()
             self._db = self._open()
         self._lock = threading.Lock()
+        self._small_path = folder / f"{key[:24]}.small"
+        self._small: dict[bytes, ContentRef] | None = None
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -123,21 +123,43 @@ class LocalCache:
                 (snapshot_id,),
             )
 
+    # Small-file map: an append-only file of fixed records, because inserting ~100,000 random
+    # keys into SQLite costs seconds while appending them costs milliseconds.
+
+    def has_small(self) -> bool:
+        return self._small_path.exists() and self._small_path.stat().st_size >= _SMALL_RECORD.size
+
     def lookup_small(self, cid: bytes) -> ContentRef | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT blob_id, offset, length FROM small WHERE cid=?", (cid,)
-            ).fetchone()
-        return None if row is None else ContentRef(bytes(row[0]), row[1], row[2])
+            if self._small is None:
+                self._small = self._load_small()
+            return self._small.get(cid)
+
+    def _load_small(self) -> dict[bytes, ContentRef]:
+        try:
+            raw = self._small_path.read_bytes()
+        except OSError:
+            return {}
+        size = _SMALL_RECORD.size
+        out: dict[bytes, ContentRef] = {}
+        for i in range(0, len(raw) - size + 1, size):  # a torn last record is ignored
+            cid, blob_id, offset, length = _SMALL_RECORD.unpack_from(raw, i)
+            out[cid] = ContentRef(blob_id, offset, length)
+        return out
 
     def add_small(self, entries: list[tuple[bytes, ContentRef]]) -> None:
         if not entries:
             return
-        with self._lock, self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO small(cid, blob_id, offset, length) VALUES(?, ?, ?, ?)",
-                ((cid, r.blob_id, r.offset, r.length) for cid, r in entries),
-            )
+        data = b"".join(
+            _SMALL_RECORD.pack(cid, r.blob_id, r.offset, r.length) for cid, r in entries
+        )
+        with self._lock, open(self._small_path, "ab") as fh:
+            # Align first: a record torn by a crash must not shift every later record.
+            misaligned = fh.tell() % _SMALL_RECORD.size
+            if misaligned:
+                fh.truncate(fh.tell() - misaligned)
+                fh.seek(0, os.SEEK_END)
+            fh.write(data)
 
     def close(self) -> None:
         self._db.close()

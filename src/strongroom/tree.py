@@ -13,7 +13,7 @@ import itertools
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import IntegrityError
 
@@ -30,8 +30,7 @@ BLOCKDEV = "blockdev"
 TYPES = frozenset({FILE, DIR, SYMLINK, FIFO, SOCKET, CHARDEV, BLOCKDEV})
 
 
-@dataclass(frozen=True, slots=True)
-class ContentRef:
+class ContentRef(NamedTuple):
     """A slice of a blob: the whole blob when offset == 0 and length == the blob's size."""
 
     blob_id: bytes
@@ -46,7 +45,8 @@ class ContentRef:
         if not (isinstance(raw, list) and len(raw) == 3):
             raise IntegrityError("tree has a malformed content reference")
         blob_hex, offset, length = raw
-        if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0:
+        offset, length = _int(offset), _int(length)
+        if offset < 0 or length < 0:
             raise IntegrityError("tree has a malformed content reference")
         return ContentRef(_unhex(blob_hex), offset, length)
 
@@ -71,27 +71,29 @@ class Node:
     hardlink: str | None = None  # "dev:ino" shared by entries that are hard links of each other
 
     def encode(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": self.name,
-            "type": self.type,
-            "mode": self.mode,
-            "mtime_ns": self.mtime_ns,
-            "ctime_ns": self.ctime_ns,
-            "inode": self.inode,
-            "uid": self.uid,
-            "gid": self.gid,
-        }
+        # Keys are inserted in sorted order so the encoder need not sort them (speed) and
+        # the output is canonical.
+        out: dict[str, Any] = {}
+        if self.type == FILE:
+            out["content"] = [[r.blob_id.hex(), r.offset, r.length] for r in self.content]
+        out["ctime_ns"] = self.ctime_ns
+        if self.device:
+            out["device"] = self.device
+        out["gid"] = self.gid
+        if self.hardlink is not None:
+            out["hardlink"] = self.hardlink
+        out["inode"] = self.inode
+        out["mode"] = self.mode
+        out["mtime_ns"] = self.mtime_ns
+        out["name"] = self.name
         if self.type == FILE:
             out["size"] = self.size
-            out["content"] = [ref.encode() for ref in self.content]
         if self.subtree is not None:
             out["subtree"] = self.subtree.hex()
         if self.target is not None:
             out["target"] = self.target
-        if self.device:
-            out["device"] = self.device
-        if self.hardlink is not None:
-            out["hardlink"] = self.hardlink
+        out["type"] = self.type
+        out["uid"] = self.uid
         return out
 
     @staticmethod
@@ -135,14 +137,17 @@ def encode_tree(nodes: list[Node]) -> bytes:
     for prev, cur in itertools.pairwise(ordered):
         if prev.name == cur.name:
             raise ValueError(f"duplicate name in tree: {cur.name!r}")
-    doc = {"v": TREE_VERSION, "entries": [n.encode() for n in ordered]}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    doc = {"entries": [n.encode() for n in ordered], "v": TREE_VERSION}
+    return _ENCODER.encode(doc).encode()
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
 def decode_tree(raw: bytes) -> list[Node]:
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise IntegrityError("tree blob is not valid JSON") from exc
     if not isinstance(doc, dict) or doc.get("v") != TREE_VERSION:
         raise IntegrityError("tree blob has an unsupported version")
