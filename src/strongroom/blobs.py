@@ -53,10 +53,18 @@ class BlobCodec:
         if flag == _RAW:
             plain = body[1:]
         elif flag == _ZSTD:
+            frame = body[1:]
             try:
-                plain = self._dctx.decompress(body[1:], max_output_size=MAX_BLOB_SIZE)
+                # decompress() allocates whatever the frame header declares, ignoring
+                # max_output_size, so a declared size must be checked before decompressing.
+                declared = zstandard.frame_content_size(frame)
+                if declared > MAX_BLOB_SIZE:
+                    raise IntegrityError(f"blob {blob_id.hex()[:16]} declares an oversized content")
+                plain = self._dctx.decompress(frame, max_output_size=MAX_BLOB_SIZE)
             except zstandard.ZstdError as exc:
                 raise IntegrityError(f"blob {blob_id.hex()[:16]} does not decompress") from exc
+            if len(plain) > MAX_BLOB_SIZE:
+                raise IntegrityError(f"blob {blob_id.hex()[:16]} is larger than allowed")
         else:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} has unknown encoding {flag}")
         if not crypto.constant_time_equal(self.hash(plain), blob_id):

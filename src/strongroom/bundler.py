@@ -2,74 +2,35 @@
 
 Compressing and encrypting each small file alone costs a call per file and compresses badly;
 a bundle is compressed once and gives zstd context. Each file is still recognised by its own
-keyed content hash, so identical small files are stored once (see cache.LocalCache).
+keyed content hash, so identical small files are stored once (see archiver and cache).
+
+A bundle belongs to one worker's batch, so filling it needs no lock.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from .tree import ContentRef
 
 BUNDLE_TARGET = 1024 * 1024
 SMALL_FILE_LIMIT = 128 * 1024  # files below this go into bundles
 
 
 @dataclass
-class Bundle:
+class OpenBundle:
     parts: list[bytes] = field(default_factory=list)
     size: int = 0
-    blob_id: bytes | None = None  # set once the bundle is sealed and queued for storage
+    # (index of the file in its batch, offset, length) for every file waiting for the blob ID
+    waiting: list[tuple[int, int, int]] = field(default_factory=list)
+    pieces: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # content ID -> place
 
+    def add(self, index: int, cid: bytes, data: bytes) -> None:
+        place = self.pieces.get(cid)
+        if place is None:  # identical files within one bundle are stored once too
+            place = (self.size, len(data))
+            self.pieces[cid] = place
+            self.parts.append(data)
+            self.size += len(data)
+        self.waiting.append((index, place[0], place[1]))
 
-@dataclass(frozen=True, slots=True)
-class Slice:
-    """A small file's place in a bundle; resolvable once the bundle is sealed."""
-
-    bundle: Bundle
-    offset: int
-    length: int
-
-    def ready(self) -> bool:
-        return self.bundle.blob_id is not None
-
-    def ref(self) -> ContentRef:
-        assert self.bundle.blob_id is not None
-        return ContentRef(self.bundle.blob_id, self.offset, self.length)
-
-
-class Bundler:
-    """Thread-safe: workers add files; whoever fills a bundle seals it, outside the lock."""
-
-    def __init__(self, seal: Callable[[bytes], bytes]) -> None:
-        self._seal_fn = seal  # stores the plaintext, returns its blob ID
-        self._lock = threading.Lock()
-        self._current = Bundle()
-
-    def add(self, data: bytes) -> Slice:
-        full: Bundle | None = None
-        with self._lock:
-            bundle = self._current
-            piece = Slice(bundle, bundle.size, len(data))
-            bundle.parts.append(data)
-            bundle.size += len(data)
-            if bundle.size >= BUNDLE_TARGET:
-                full = bundle
-                self._current = Bundle()
-        if full is not None:
-            self._seal(full)
-        return piece
-
-    def flush(self) -> None:
-        with self._lock:
-            bundle = self._current
-            self._current = Bundle()
-        if bundle.parts:
-            self._seal(bundle)
-
-    def _seal(self, bundle: Bundle) -> None:
-        plaintext = b"".join(bundle.parts)
-        bundle.parts = []
-        bundle.blob_id = self._seal_fn(plaintext)
+    def full(self) -> bool:
+        return self.size >= BUNDLE_TARGET

@@ -43,8 +43,18 @@ class KdfParams:
             raise IntegrityError("key file has an invalid Argon2 memory cost")
 
 
+SALT_MIN = 8  # Argon2's own minimum
+SALT_MAX = 64
+
+
+def check_salt(salt: bytes) -> None:
+    if not (SALT_MIN <= len(salt) <= SALT_MAX):
+        raise IntegrityError("key file has an invalid salt")
+
+
 def derive_master(password: bytes, salt: bytes, params: KdfParams) -> bytes:
     params.validate()
+    check_salt(salt)
     kdf = Argon2id(
         salt=salt,
         length=KEY_SIZE,

@@ -25,7 +25,17 @@ directly to :class:`ExcludeMatcher` are used as they are (the shell has already 
 them). :func:`expand_env` is available for patterns from other sources.
 
 With ``windows=True`` both ``\\`` and ``/`` separate components, backslash is not an escape,
-matching ignores case, and a drive such as ``C:`` is an ordinary first component.
+matching ignores case, and a drive such as ``C:`` is an ordinary first component (so a
+pattern starting with a separator never matches a path that starts with a drive).
+
+Deliberate differences from restic:
+
+* ``[!...]`` is a negated class like ``[^...]`` (Go reads ``!`` there as a literal).
+* ``windows=True`` ignores case (restic's ``--exclude`` does not; its ``--iexclude`` does).
+* Every ``**`` may match zero components, as documented. restic's loop bound misses some of
+  these when a pattern has two or more ``**`` (``/a/**/b/**/c`` does not match ``/a/b/c``
+  there; restic PR #21948).
+* On Windows the pattern ``C:`` matches the drive component (Go cleans it to ``C:.``).
 
 Each pattern is compiled once into a regular expression that is searched for in the whole
 path (separators normalised to ``/``), starting at a separator; consecutive patterns of the
@@ -164,7 +174,7 @@ def _split_clean(body: str, windows: bool) -> tuple[str, list[str]]:
     UNC pattern.
     """
     raw = re.split(r"[\\/]", body) if windows else body.split("/")
-    anchored = raw[0] == ""
+    anchored = len(raw) > 1 and raw[0] == ""  # "" alone is Clean()ed to ".", not "/"
     prefix = ""
     fixed = 0  # number of leading components that ".." cannot remove
     comps: list[str] = []

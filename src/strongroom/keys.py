@@ -62,9 +62,9 @@ class RepoKeys:
             keys = RepoKeys(
                 data_key=_unb64(obj["data_key"]),
                 id_key=_unb64(obj["id_key"]),
-                chunker_seed=int(obj["chunker_seed"]),
+                chunker_seed=_json_int(obj["chunker_seed"]),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except _MALFORMED as exc:
             raise IntegrityError("key material is malformed") from exc
         if len(keys.data_key) != crypto.KEY_SIZE or len(keys.id_key) != crypto.KEY_SIZE:
             raise IntegrityError("key material has wrong key sizes")
@@ -97,22 +97,28 @@ class KeyFile:
 
     @staticmethod
     def from_json(text: str | bytes) -> KeyFile:
+        # The key file comes from the server: every field is checked before the KDF runs.
         try:
             obj: Any = json.loads(text)
+            if not isinstance(obj, dict):
+                raise IntegrityError("key file is malformed")
             if obj.get("version") != KEYFILE_VERSION or obj.get("kdf") != "argon2id":
                 raise IntegrityError("key file has an unsupported version")
-            return KeyFile(
+            keyfile = KeyFile(
                 salt=_unb64(obj["salt"]),
                 kdf=crypto.KdfParams(
-                    memory_kib=int(obj["memory_kib"]),
-                    iterations=int(obj["iterations"]),
-                    lanes=int(obj["lanes"]),
+                    memory_kib=_json_int(obj["memory_kib"]),
+                    iterations=_json_int(obj["iterations"]),
+                    lanes=_json_int(obj["lanes"]),
                 ),
                 wrapped=_unb64(obj["wrapped"]),
                 auth_hash=_unb64(obj["auth_hash"]),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except _MALFORMED as exc:
             raise IntegrityError("key file is malformed") from exc
+        crypto.check_salt(keyfile.salt)
+        keyfile.kdf.validate()
+        return keyfile
 
 
 def auth_hash(auth_key: bytes) -> bytes:
@@ -137,9 +143,21 @@ def unlock(keyfile: KeyFile, password: bytes) -> RepoKeys:
     return RepoKeys.from_bytes(raw)
 
 
+# RecursionError: deeply nested JSON; OverflowError: int() of an infinite float.
+_MALFORMED = (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError)
+
+
+def _json_int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("expected an integer")
+    return value
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
+def _unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError("expected a base64 string")
     return base64.b64decode(text.encode("ascii"), validate=True)

@@ -6,9 +6,8 @@ import ntpath
 import os
 
 _WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"]
-    + [f"COM{i}" for i in range(1, 10)]
-    + [f"LPT{i}" for i in range(1, 10)]
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{dev}{i}" for dev in ("COM", "LPT") for i in [*"123456789", "¹", "²", "³"]]
 )
 
 
@@ -22,7 +21,13 @@ def is_safe_name(name: str, *, windows: bool | None = None) -> bool:
             return False
         if name.rstrip(" .") != name:  # Windows silently strips these: "..." would become ".."
             return False
-        if name.split(".")[0].upper() in _WINDOWS_RESERVED:
+        # Device names are reserved with any extension, and "CON .txt" is still CON.
+        if name.split(".")[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
+            return False
+    if os.name != "nt":
+        try:  # a lone surrogate that surrogateescape cannot turn back into bytes
+            os.fsencode(name)
+        except UnicodeError:
             return False
     return True
 

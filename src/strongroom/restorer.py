@@ -37,6 +37,7 @@ class RestoreResult:
     bytes_written: int = 0
     duration: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # informational: not a failed restore
 
 
 @dataclass
@@ -54,9 +55,11 @@ class Restorer:
         warn: Callable[[str], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
         workers: int | None = None,
+        note: Callable[[str], None] | None = None,
     ) -> None:
         self.repo = repo
         self._warn_cb = warn
+        self._note_cb = note
         self.progress = progress or (lambda _f, _b: None)
         self.workers = max(1, workers or os.cpu_count() or 2)
         self.result = RestoreResult()
@@ -113,14 +116,14 @@ class Restorer:
             nodes = []
             for bid, stored in self.repo.read_blobs([tree_id]):
                 nodes = tree.decode_tree(codec.decode(bid, stored))
-            seen: set[str] = set()
+            seen: set[bytes] = set()  # names as the filesystem sees them: 'é' == '\udcc3\udca9'
             for node in nodes:
-                if not is_safe_name(node.name) or node.name in seen:
+                if not is_safe_name(node.name) or tree.name_key(node.name) in seen:
                     self._warn(
                         f"snapshot contains an unsafe or duplicate name {node.name!r}; skipped"
                     )
                     continue
-                seen.add(node.name)
+                seen.add(tree.name_key(node.name))
                 sub = (*rel, node.name)
                 match = _match(sub, wanted)
                 if match is None:
@@ -264,6 +267,13 @@ class Restorer:
     def _make_specials(self, specials: list[tuple[str, Node]]) -> None:
         for path, node in specials:
             try:
+                if node.type == tree.SOCKET:
+                    # A socket belongs to the process that listened on it; like tar and restic,
+                    # do not recreate it. Not a failure: nothing restorable was lost.
+                    self._note(
+                        f"{path}: socket not restored (sockets are recreated by their program)"
+                    )
+                    continue
                 if node.type == tree.SYMLINK:
                     assert node.target is not None
                     os.symlink(node.target, path)
@@ -308,6 +318,11 @@ class Restorer:
         self.result.warnings.append(message)
         if self._warn_cb is not None:
             self._warn_cb(message)
+
+    def _note(self, message: str) -> None:
+        self.result.notes.append(message)
+        if self._note_cb is not None:
+            self._note_cb(message)
 
 
 def _match(path: tuple[str, ...], wanted: list[tuple[str, ...]]) -> bool | None:

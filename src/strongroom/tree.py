@@ -135,7 +135,7 @@ def name_key(name: str) -> bytes:
 def encode_tree(nodes: list[Node]) -> bytes:
     ordered = sorted(nodes, key=lambda n: name_key(n.name))
     for prev, cur in itertools.pairwise(ordered):
-        if prev.name == cur.name:
+        if name_key(prev.name) == name_key(cur.name):  # same on disk, so same name
             raise ValueError(f"duplicate name in tree: {cur.name!r}")
     doc = {"entries": [n.encode() for n in ordered], "v": TREE_VERSION}
     return _ENCODER.encode(doc).encode()

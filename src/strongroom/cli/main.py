@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .. import __version__, crypto, tree
 from ..archiver import Archiver
 from ..browse import diff, find_subtree, walk
 from ..cache import LocalCache
 from ..checker import check
-from ..errors import EXIT_ERROR, EXIT_PARTIAL, StrongroomError
+from ..errors import EXIT_ERROR, EXIT_PARTIAL, StrongroomError, UsageError
 from ..excludes import ExcludeError, ExcludeMatcher, read_exclude_file
 from ..repository import LocalRepository, load_snapshots
 from ..restorer import Restorer
@@ -58,23 +59,23 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except StrongroomError as exc:
-            click.echo(f"strongroom: error: {exc}", err=True)
+            click.echo(f"strongroom: error: {_display(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except ExcludeError as exc:
-            click.echo(f"strongroom: error: {exc}", err=True)
+            click.echo(f"strongroom: error: {_display(str(exc))}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("strongroom: interrupted; nothing was committed", err=True)
             sys.exit(130)
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
-            click.echo(f"strongroom: error: {exc.strerror or exc}{where}", err=True)
+            click.echo(f"strongroom: error: {_display(f'{exc.strerror or exc}{where}')}", err=True)
             sys.exit(EXIT_ERROR)
         except Exception as exc:
             if os.environ.get("STRONGROOM_DEBUG"):
                 raise
             click.echo(
-                f"strongroom: internal error: {type(exc).__name__}: {exc} "
+                f"strongroom: internal error: {type(exc).__name__}: {_display(str(exc))} "
                 "(set STRONGROOM_DEBUG=1 for details)",
                 err=True,
             )
@@ -157,7 +158,7 @@ def backup(
 ) -> None:
     """Back up PATHS into a new snapshot."""
     if not paths:
-        raise StrongroomError(
+        raise UsageError(
             "give the folders or files to back up (e.g. strongroom backup ~/Documents)"
         )
     patterns = list(excludes)
@@ -176,7 +177,11 @@ def backup(
         with ProgressBar("backup", enabled=None if not as_json else False) as bar:
             bar.scan_totals(abs_paths, matcher)
             archiver = Archiver(
-                r, cache, matcher, progress=bar.advance, warn=lambda m: bar.print(f"warning: {m}")
+                r,
+                cache,
+                matcher,
+                progress=bar.advance,
+                warn=lambda m: bar.print(f"warning: {_display(m)}"),
             )
             result = archiver.run(
                 abs_paths, parent, tags=list(tags), exclude_patterns=patterns, host=hostname
@@ -246,14 +251,15 @@ def snapshots(repo: str, password_file: str | None, as_json: bool) -> None:
     for col in ("ID", "Time", "Host", "Tags", "Paths", "Files", "Size"):
         table.add_column(col)
     for s in snaps:
+        # Text, not str: a cell string would be parsed as rich markup ("[/]" in a path crashes).
         table.add_row(
-            s.short_id,
-            fmt.local_time(s.time_ns),
-            s.host,
-            ",".join(s.tags),
-            "\n".join(s.paths),
-            str(s.stats.get("files", "")),
-            fmt.size(s.stats.get("bytes_scanned", 0)),
+            Text(s.short_id),
+            Text(fmt.local_time(s.time_ns)),
+            Text(_display(s.host)),
+            Text(_display(",".join(s.tags))),
+            Text("\n".join(_display(p) for p in s.paths)),
+            Text(str(s.stats.get("files", ""))),
+            Text(fmt.size(s.stats.get("bytes_scanned", 0))),
         )
     Console().print(table)
     click.echo(f"{len(snaps)} snapshot(s)")
@@ -294,7 +300,7 @@ def ls_cmd(
                     )
                 )
             elif long_:
-                link = f" -> {n.target}" if n.target is not None else ""
+                link = f" -> {_display(n.target)}" if n.target is not None else ""
                 click.echo(
                     f"{fmt.mode_string(n)} {n.size:>12} {fmt.local_time(n.mtime_ns)} {shown}{link}"
                 )
@@ -304,9 +310,29 @@ def ls_cmd(
         r.close()
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _display(path: str) -> str:
-    """Show undecodable bytes as escapes so a terminal never receives raw control bytes."""
-    return path.encode("utf-8", "backslashreplace").decode("utf-8").replace("\n", "\\n")
+    """One line per path, whatever the name holds: undecodable bytes (surrogate escapes),
+    control characters and line separators are shown as escapes, so a terminal never receives
+    raw control bytes (a name with ESC or CR could otherwise rewrite the screen)."""
+    if path.isprintable():
+        return path
+    out = []
+    for ch in path:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not valid UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code <= 0xDFFF or code in (0x2028, 0x2029):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 @cli.command(name="diff")
@@ -360,7 +386,12 @@ def restore(
         snap = resolve(load_snapshots(r), snapshot)
         with ProgressBar("restore") as bar:
             bar.set_total(int(snap.stats.get("bytes_scanned", 0)) if not includes else 0)
-            restorer = Restorer(r, warn=lambda m: bar.print(f"warning: {m}"), progress=bar.advance)
+            restorer = Restorer(
+                r,
+                warn=lambda m: bar.print(f"warning: {_display(m)}"),
+                progress=bar.advance,
+                note=lambda m: bar.print(f"note: {_display(m)}"),
+            )
             result = restorer.restore(snap, target, list(includes))
     finally:
         r.close()

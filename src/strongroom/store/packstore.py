@@ -122,7 +122,8 @@ class PackStore:
             raise RepositoryError(f"a repository already exists at {root}")
         if root.exists() and any(root.iterdir()):
             raise RepositoryError(f"{root} exists and is not empty; choose an empty folder")
-        root.mkdir(parents=True, exist_ok=True)
+        if _mkdir(root, parents=True):
+            _fsync_dir(root.parent)  # the repository folder's own entry must survive a crash
         (root / "packs").mkdir(exist_ok=True)
         db = _connect(root / "index.sqlite")
         with db:
@@ -234,7 +235,10 @@ class PackStore:
         pack.parts.clear()
         name = blake3.blake3(data).hexdigest()
         folder = self.root / "packs" / name[:2]
-        folder.mkdir(exist_ok=True)
+        if _mkdir(folder):
+            # A new subfolder is only durable once its parent is fsync'd; without this a power
+            # loss could drop the folder, and with it a pack the index already points to.
+            _fsync_dir(folder.parent)
         final = folder / name
         tmp = folder / (name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
@@ -356,6 +360,8 @@ class PackStore:
         self, snap_id: str, time_ns: int, record: bytes, manifest: Iterable[bytes]
     ) -> None:
         """Make a snapshot visible, atomically, only if every blob it references is stored."""
+        if self._lock is None:
+            raise RepositoryError("store was opened read-only")
         ids = list(set(manifest))
         with self._db_lock, self._db:
             self._db.execute("CREATE TEMP TABLE IF NOT EXISTS manifest(blob_id BLOB PRIMARY KEY)")
@@ -441,6 +447,17 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=FULL")  # a committed index row survives power loss
     db.execute("PRAGMA foreign_keys=ON")
     return db
+
+
+def _mkdir(path: Path, *, parents: bool = False) -> bool:
+    """Create a folder; True if this call created it (its parent then needs an fsync)."""
+    try:
+        path.mkdir(parents=parents)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return False
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
