@@ -83,6 +83,7 @@ _FileResult = list[ContentRef] | Exception | None  # None: waiting for its bundl
 _BatchFuture = Future[list[_FileResult]]
 _BATCH_FILES = 64  # small files per worker task: fewer futures, less GIL ping-pong
 _BATCH_BYTES = 4 * 1024 * 1024
+_MAX_OUTSTANDING = 16  # batches submitted but not yet read
 
 
 @dataclass
@@ -146,6 +147,7 @@ class Archiver:
         self._batch: list[tuple[str, os.stat_result, Node]] = []
         self._batch_bytes = 0
         self._batch_future: _BatchFuture = Future()
+        self._outstanding: deque[_BatchFuture] = deque()
         self._dircache: dict[str, CachedDir] = {}
         self._new_dircache: dict[str, CachedDir] = {}
         self._manifest: set[bytes] = set()
@@ -479,6 +481,13 @@ class Archiver:
         self._batch, self._batch_bytes = [], 0
         self._batch_future = Future()
         self._pool.submit(self._read_batch, batch, future)
+        # Keep the walk at most a few batches ahead of the readers, so the metadata waiting for
+        # them (and thus memory) stays bounded however many files the tree has.
+        self._outstanding.append(future)
+        while len(self._outstanding) > _MAX_OUTSTANDING:
+            self._outstanding.popleft().exception()
+        while self._outstanding and self._outstanding[0].done():
+            self._outstanding.popleft()
 
     def _read_batch(
         self, batch: list[tuple[str, os.stat_result, Node]], future: _BatchFuture
