@@ -92,6 +92,9 @@ class Restorer:
             os.makedirs(base, exist_ok=True)
         except OSError as exc:
             raise StrongroomError(f"cannot create target folder {target}: {exc.strerror}") from None
+        # The target itself is the user's choice and may be a link to a folder (another disk):
+        # resolve it once. Everything below it is created by us and never followed.
+        base = os.path.realpath(base)
         st = os.lstat(base)
         if not stat.S_ISDIR(st.st_mode):
             raise StrongroomError(f"target {target} is not a folder")
@@ -107,41 +110,56 @@ class Restorer:
         dirs: list[tuple[str, Node]],
         specials: list[tuple[str, Node]],
     ) -> None:
-        stack: list[tuple[bytes, str, tuple[str, ...]]] = [(root_tree, base, prefix)]
+        # Breadth-first, one level at a time, so each level's trees are fetched in one request
+        # (one index query, packs read in order) instead of one round trip per folder.
+        level: list[tuple[bytes, str, tuple[str, ...]]] = [(root_tree, base, prefix)]
         codec = self.repo.codecs.get()
-        while stack:
-            tree_id, folder, rel = stack.pop()
-            if len(rel) > _MAX_DEPTH:
+        while level:
+            if len(level[0][2]) > _MAX_DEPTH:
                 raise IntegrityError("snapshot tree is nested implausibly deep; refusing")
-            nodes = []
-            for bid, stored in self.repo.read_blobs([tree_id]):
-                nodes = tree.decode_tree(codec.decode(bid, stored))
-            seen: set[bytes] = set()  # names as the filesystem sees them: 'é' == '\udcc3\udca9'
-            for node in nodes:
-                if not is_safe_name(node.name) or tree.name_key(node.name) in seen:
-                    self._warn(
-                        f"snapshot contains an unsafe or duplicate name {node.name!r}; skipped"
-                    )
-                    continue
-                seen.add(tree.name_key(node.name))
-                sub = (*rel, node.name)
-                match = _match(sub, wanted)
-                if match is None:
-                    continue
-                path = os.path.join(folder, node.name)
-                if node.type == tree.DIR:
-                    self._mkdir(path)
-                    if match:  # inside an included path: restore the folder itself
-                        dirs.append((path, node))
-                        self.result.dirs += 1
-                    assert node.subtree is not None
-                    stack.append((node.subtree, path, sub))
-                elif not match:
-                    continue  # an ancestor-only match cannot select a file
-                elif node.type == tree.FILE:
-                    files.append(_FileJob(path, node, len(node.content)))
-                else:
-                    specials.append((path, node))
+            decoded = {
+                bid: tree.decode_tree(codec.decode(bid, stored))
+                for bid, stored in self.repo.read_blobs({t for t, _f, _r in level})
+            }
+            stack, level = level, []
+            for tree_id, folder, rel in stack:
+                self._walk_one(decoded[tree_id], folder, rel, wanted, files, dirs, specials, level)
+
+    def _walk_one(
+        self,
+        nodes: list[Node],
+        folder: str,
+        rel: tuple[str, ...],
+        wanted: list[tuple[str, ...]],
+        files: list[_FileJob],
+        dirs: list[tuple[str, Node]],
+        specials: list[tuple[str, Node]],
+        next_level: list[tuple[bytes, str, tuple[str, ...]]],
+    ) -> None:
+        seen: set[bytes] = set()  # names as the filesystem sees them: 'é' == '\udcc3\udca9'
+        for node in nodes:
+            if not is_safe_name(node.name) or tree.name_key(node.name) in seen:
+                self._warn(f"snapshot contains an unsafe or duplicate name {node.name!r}; skipped")
+                continue
+            seen.add(tree.name_key(node.name))
+            sub = (*rel, node.name)
+            match = _match(sub, wanted)
+            if match is None:
+                continue
+            path = os.path.join(folder, node.name)
+            if node.type == tree.DIR:
+                self._mkdir(path)
+                if match:  # inside an included path: restore the folder itself
+                    dirs.append((path, node))
+                    self.result.dirs += 1
+                assert node.subtree is not None
+                next_level.append((node.subtree, path, sub))
+            elif not match:
+                continue  # an ancestor-only match cannot select a file
+            elif node.type == tree.FILE:
+                files.append(_FileJob(path, node, len(node.content)))
+            else:
+                specials.append((path, node))
 
     def _mkdir(self, path: str) -> None:
         try:
@@ -169,7 +187,8 @@ class Restorer:
                     links.append((first.path, job.path))
                     continue
                 first_by_link[node.hardlink] = job
-            self._create_file(job)
+            if len(node.content) != 1:  # one-piece files are created when their piece arrives
+                self._create_file(job)
             pos = 0
             for ref in node.content:
                 plan[ref.blob_id].append((job, pos, ref.offset, ref.length))
@@ -205,7 +224,11 @@ class Restorer:
             if isinstance(exc, StrongroomError):
                 raise exc
             if isinstance(exc, OSError):
-                raise StrongroomError(f"restore failed: {exc.strerror or exc}") from None
+                where = f"{exc.filename}: " if exc.filename else ""
+                raise StrongroomError(
+                    f"restore failed: {where}{exc.strerror or exc} (nothing is written through "
+                    "links; restore into an empty folder)"
+                ) from None
             raise exc
         for src, dst in links:
             try:
@@ -224,7 +247,10 @@ class Restorer:
         os.close(fd)
 
     def _write_piece(self, job: _FileJob, pos: int, data: memoryview) -> None:
-        fd = os.open(job.path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
+        flags = os.O_WRONLY | _O_BINARY | _O_NOFOLLOW
+        if len(job.node.content) == 1:
+            flags |= os.O_CREAT | os.O_TRUNC
+        fd = os.open(job.path, flags, 0o600)
         try:
             if hasattr(os, "pwrite"):
                 while data:

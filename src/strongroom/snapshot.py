@@ -57,9 +57,13 @@ def seal_snapshot(aead: AESGCM, snap: Snapshot) -> bytes:
 
 
 def open_snapshot(aead: AESGCM, row: SnapshotRow) -> Snapshot:
+    if not _is_snapshot_id(row.snap_id):
+        raise IntegrityError(f"snapshot row {row.snap_id[:8]!r} has a malformed ID")
     raw = crypto.unseal(aead, row.record, _aad(row.snap_id), f"snapshot {row.snap_id[:8]}")
     try:
         obj = json.loads(raw)
+        if not isinstance(obj, dict):
+            raise TypeError("record is not an object")
         if obj.pop("v") != SNAPSHOT_VERSION:
             raise IntegrityError(f"snapshot {row.snap_id[:8]} has an unsupported version")
         snap = Snapshot(**obj)
@@ -67,7 +71,17 @@ def open_snapshot(aead: AESGCM, row: SnapshotRow) -> Snapshot:
         raise IntegrityError(f"snapshot {row.snap_id[:8]} is malformed") from exc
     if snap.id != row.snap_id:
         raise IntegrityError(f"snapshot {row.snap_id[:8]} was swapped with another")
+    if not (isinstance(snap.tree, str) and len(snap.tree) == 64 and _is_hex(snap.tree)):
+        raise IntegrityError(f"snapshot {row.snap_id[:8]} has a malformed tree ID")
     return snap
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _is_snapshot_id(text: str) -> bool:
+    return isinstance(text, str) and len(text) == 32 and _is_hex(text)
 
 
 def resolve(snapshots: list[Snapshot], spec: str) -> Snapshot:
@@ -77,6 +91,8 @@ def resolve(snapshots: list[Snapshot], spec: str) -> Snapshot:
     if spec == "latest":
         return max(snapshots, key=lambda s: (s.time_ns, s.id))
     spec_l = spec.lower()
+    if not spec_l:
+        raise StrongroomError("give a snapshot ID (or 'latest')")
     matches = [s for s in snapshots if s.id.startswith(spec_l)]
     if not matches:
         raise StrongroomError(f"no snapshot matches '{spec}' (see 'strongroom snapshots')")

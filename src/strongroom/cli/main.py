@@ -12,22 +12,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+# The heavy engines (archiver, restorer, checker) and rich are imported by the commands that
+# use them: a quick `ls` or `snapshots --json` then starts in about half the time.
 from .. import __version__, crypto, tree
-from ..archiver import Archiver
 from ..browse import diff, find_subtree, walk
-from ..cache import LocalCache
-from ..checker import check
 from ..errors import EXIT_ERROR, EXIT_PARTIAL, StrongroomError, UsageError
 from ..excludes import ExcludeError, ExcludeMatcher, read_exclude_file
 from ..repository import LocalRepository, load_snapshots
-from ..restorer import Restorer
 from ..snapshot import Snapshot, resolve
 from . import format as fmt
-from .progress import ProgressBar
 from .secrets_input import read_new_password, read_password
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -157,6 +151,10 @@ def backup(
     no_cache: bool,
 ) -> None:
     """Back up PATHS into a new snapshot."""
+    from ..archiver import Archiver
+    from ..cache import LocalCache
+    from .progress import ProgressBar
+
     if not paths:
         raise UsageError(
             "give the folders or files to back up (e.g. strongroom backup ~/Documents)"
@@ -235,6 +233,10 @@ def backup(
 @handle_errors
 def snapshots(repo: str, password_file: str | None, as_json: bool) -> None:
     """List snapshots, oldest first."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     r = open_repo(repo, password_file)
     try:
         snaps = sorted(load_snapshots(r), key=lambda s: (s.time_ns, s.id))
@@ -381,6 +383,9 @@ def restore(
     repo: str, password_file: str | None, snapshot: str, target: str, includes: tuple[str, ...]
 ) -> None:
     """Restore SNAPSHOT (an ID prefix or 'latest') into --target."""
+    from ..restorer import Restorer
+    from .progress import ProgressBar
+
     r = open_repo(repo, password_file)
     try:
         snap = resolve(load_snapshots(r), snapshot)
@@ -427,6 +432,8 @@ def forget(repo: str, password_file: str | None, snapshot_ids: tuple[str, ...]) 
 @handle_errors
 def check_cmd(repo: str, password_file: str | None, read_data: bool) -> None:
     """Verify the repository's structure (and with --read-data, all its data)."""
+    from ..checker import check
+
     r = open_repo(repo, password_file)
     try:
         report = check(r, read_data=read_data)

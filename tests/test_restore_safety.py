@@ -1,0 +1,533 @@
+"""Restore never writes outside --target, whatever the repository (a hostile server) holds.
+
+Each test forges a snapshot for real: it opens a repository made by the CLI in-process, stores
+hand-made tree blobs (through `tree.encode_tree`, or as raw JSON for what the encoder refuses),
+commits a snapshot record, and then runs the real `strongroom restore` into a target inside a
+sandbox. The sandbox outside the target must be byte-for-byte unchanged afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PASSWORD, Cli, Result
+from strongroom import snapshot, tree
+from strongroom.blobs import BlobType
+from strongroom.pathsafe import is_safe_name
+from strongroom.repository import LocalRepository
+from strongroom.tree import ContentRef, Node
+
+SECRET = b"outside secret, must never change\n"
+
+
+class Forge:
+    """Writes hand-made blobs and a snapshot into a repository, as a malicious server could."""
+
+    def __init__(self, cli: Cli) -> None:
+        self.repo = LocalRepository.open(cli.repo, PASSWORD.encode(), writer=True)
+        self.ids: list[bytes] = []
+
+    def blob(self, raw: bytes, blob_type: BlobType) -> bytes:
+        blob_id = self.repo.keys.hasher()(raw)
+        self.repo.add_blob(blob_id, blob_type, self.repo.codecs.get().encode(blob_id, raw))
+        self.ids.append(blob_id)
+        return blob_id
+
+    def data(self, raw: bytes) -> ContentRef:
+        return ContentRef(self.blob(raw, BlobType.DATA), 0, len(raw))
+
+    def tree(self, nodes: list[Node]) -> bytes:
+        return self.blob(tree.encode_tree(nodes), BlobType.TREE)
+
+    def raw_tree(self, entries: list[dict[str, Any]]) -> bytes:
+        """A tree encode_tree would refuse (duplicates, bad names), in the same JSON format."""
+        doc = {"v": tree.TREE_VERSION, "entries": entries}
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        return self.blob(raw, BlobType.TREE)
+
+    def commit(self, root: bytes) -> str:
+        self.repo.flush()
+        snap = snapshot.Snapshot(
+            id=snapshot.new_snapshot_id(),
+            time_ns=time.time_ns(),
+            host="forged",
+            username="mallory",
+            paths=["/forged"],
+            tree=root.hex(),
+        )
+        record = snapshot.seal_snapshot(self.repo.keys.aead(), snap)
+        self.repo.commit_snapshot(snap.id, snap.time_ns, record, self.ids)
+        self.repo.close()
+        return snap.id
+
+
+def file_node(name: str, *refs: ContentRef, hardlink: str | None = None) -> Node:
+    return Node(
+        name=name,
+        type=tree.FILE,
+        mode=0o644,
+        mtime_ns=1_600_000_000_000_000_000,
+        size=sum(r.length for r in refs),
+        content=list(refs),
+        hardlink=hardlink,
+    )
+
+
+def dir_node(name: str, subtree: bytes) -> Node:
+    return Node(name=name, type=tree.DIR, mode=0o755, subtree=subtree)
+
+
+def link_node(name: str, target: str) -> Node:
+    return Node(name=name, type=tree.SYMLINK, mode=0o777, target=target)
+
+
+class Sandbox:
+    """sandbox/outside holds sentinels; the target is sandbox/a/b/target, so '../..' stays here."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tmp_path / "sandbox"
+        self.outside = self.root / "outside"
+        self.target = self.root / "a" / "b" / "target"
+        (self.outside / "sub").mkdir(parents=True)
+        self.target.mkdir(parents=True)  # made now, so its parent's mtime is part of the baseline
+        self.secret = self.outside / "secret.txt"
+        self.secret.write_bytes(SECRET)
+        (self.outside / "sub" / "x").write_bytes(b"sub sentinel")
+        (self.root / "a" / "x").write_bytes(b"a sentinel")
+        (self.root / "etc").mkdir()
+        (self.root / "etc" / "x").write_bytes(b"etc sentinel")
+        self.before: dict[str, tuple[Any, ...]] | None = None
+
+    def state(self) -> dict[str, tuple[Any, ...]]:
+        """Everything in the sandbox except the target's contents, including link counts."""
+        out: dict[str, tuple[Any, ...]] = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if Path(dirpath) == self.target:
+                dirnames[:] = []
+                continue
+            for name in sorted(dirnames + filenames):
+                p = Path(dirpath) / name
+                if p == self.target:
+                    continue
+                st = p.lstat()
+                key = os.fsdecode(p.relative_to(self.root))
+                if stat.S_ISLNK(st.st_mode):
+                    out[key] = ("link", os.readlink(p))
+                elif stat.S_ISDIR(st.st_mode):
+                    out[key] = ("dir", st.st_mode, st.st_mtime_ns, st.st_ino)
+                else:
+                    content = p.read_bytes() if stat.S_ISREG(st.st_mode) else None
+                    out[key] = ("file", st.st_mode, st.st_mtime_ns, st.st_nlink, content)
+        return out
+
+    def freeze(self) -> None:
+        self.before = self.state()
+
+    def assert_untouched(self) -> None:
+        assert self.before is not None
+        assert self.state() == self.before
+        assert self.secret.read_bytes() == SECRET
+        assert self.secret.stat().st_nlink == 1
+        self.assert_contained()
+
+    def assert_contained(self) -> None:
+        """Nothing but symlinks themselves may resolve outside the target; no shared inodes."""
+        if self.target.is_symlink() or not self.target.exists():
+            return
+        real_target = os.path.realpath(self.target)
+        inodes: dict[int, int] = {}
+        for dirpath, dirnames, filenames in os.walk(self.target):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                st = p.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    continue
+                real = os.path.realpath(p)
+                assert real.startswith(real_target + os.sep), f"{p} resolves to {real}"
+                if stat.S_ISREG(st.st_mode):
+                    inodes[st.st_ino] = inodes.get(st.st_ino, 0) + 1
+                    assert inodes[st.st_ino] <= st.st_nlink
+        for dirpath, _dirs, filenames in os.walk(self.target):
+            for name in filenames:
+                st = (Path(dirpath) / name).lstat()
+                if stat.S_ISREG(st.st_mode):
+                    # every link of every restored file is inside the target
+                    assert inodes[st.st_ino] == st.st_nlink, f"{name} has a link outside"
+
+
+@pytest.fixture(scope="module")
+def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One repository made by the real `strongroom init`, copied for each test (saves time)."""
+    c = Cli(tmp_path_factory.mktemp("template"))
+    c.init()
+    return c.repo
+
+
+@pytest.fixture
+def cli(tmp_path: Path, template_repo: Path) -> Cli:
+    c = Cli(tmp_path)
+    shutil.copytree(template_repo, c.repo)
+    return c
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    return Sandbox(tmp_path)
+
+
+def restore(cli: Cli, sandbox: Sandbox, snap_id: str, *extra: str) -> Result:
+    sandbox.freeze()
+    res = cli.run("restore", snap_id, "--target", str(sandbox.target), *extra, check=False)
+    assert "Traceback" not in res.stderr
+    assert "internal error" not in res.stderr
+    sandbox.assert_untouched()
+    return res
+
+
+def test_forged_benign_snapshot_restores_exactly(cli: Cli, sandbox: Sandbox) -> None:
+    """Control: the forging path itself is sound, so the hostile cases test restore alone."""
+    f = Forge(cli)
+    hello = f.data(b"hello world\n")
+    sub = f.tree([file_node("inner.txt", hello), link_node("up", "../top.txt")])
+    big = f.data(b"0123456789" * 1000)
+    root = f.tree(
+        [
+            file_node("top.txt", hello, ContentRef(big.blob_id, 5, 20)),
+            dir_node("sub", sub),
+            file_node("h1", big, hardlink="1:99"),
+            file_node("h2", big, hardlink="1:99"),
+        ]
+    )
+    res = restore(cli, sandbox, f.commit(root))
+    assert res.returncode == 0, res.stderr
+    t = sandbox.target
+    assert (t / "top.txt").read_bytes() == b"hello world\n" + (b"0123456789" * 3)[5:25]
+    assert (t / "sub" / "inner.txt").read_bytes() == b"hello world\n"
+    assert os.readlink(t / "sub" / "up") == "../top.txt"
+    assert (t / "h1").stat().st_ino == (t / "h2").stat().st_ino
+    assert (t / "h1").read_bytes() == b"0123456789" * 1000
+
+
+UNSAFE_NAMES = [
+    "..",
+    ".",
+    "",
+    "../x",
+    "../../x",
+    "../../etc/x",
+    "../../../outside/secret.txt",
+    "../../../etc/x",
+    "a/b",
+    "sub/x",
+    "/etc/x",
+    "x\0y",
+    "..\0",
+]
+
+
+def test_traversal_and_slash_names_are_skipped(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    pwned = f.data(b"PWNED")
+    inner = f.tree([file_node("x", pwned), file_node("secret.txt", pwned)])
+    absolute = [str(sandbox.secret), str(sandbox.root / "a" / "x"), str(sandbox.outside)]
+    entries = [file_node(n, pwned).encode() for n in [*UNSAFE_NAMES, *absolute]]
+    # directories with hostile names whose contents would land outside if the name were used
+    entries += [dir_node(n, inner).encode() for n in ["..", "../..", "../../outside", "/"]]
+    entries += [dir_node(str(sandbox.outside), inner).encode()]
+    entries.append(file_node("ok.txt", f.data(b"fine")).encode())
+    res = restore(cli, sandbox, f.commit(f.raw_tree(entries)))
+    assert res.returncode == 3, res.stderr
+    assert "unsafe or duplicate name" in res.stderr
+    assert os.listdir(sandbox.target) == ["ok.txt"]
+    assert (sandbox.target / "ok.txt").read_bytes() == b"fine"
+
+
+def test_unsafe_names_deep_in_the_tree(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    pwned = f.data(b"PWNED")
+    # from target/d1/d2, five levels up is the sandbox itself
+    hostile = ["../../../../../x", "../../../../../outside/secret.txt", "../../../../../etc/x"]
+    leaf = f.raw_tree([file_node(n, pwned).encode() for n in hostile])
+    mid = f.tree([dir_node("d2", leaf)])
+    root = f.tree([dir_node("d1", mid)])
+    res = restore(cli, sandbox, f.commit(root))
+    assert res.returncode == 3, res.stderr
+    assert os.listdir(sandbox.target / "d1" / "d2") == []
+
+
+def test_windows_style_names(cli: Cli, sandbox: Sandbox) -> None:
+    names = ["..\\x", "..\\..\\etc\\x", "C:\\x", "C:x", "\\\\server\\share\\x", "x:stream", "..."]
+    for n in names:
+        assert not is_safe_name(n, windows=True), n
+    f = Forge(cli)
+    pwned = f.data(b"PWNED")
+    res = restore(cli, sandbox, f.commit(f.tree([file_node(n, pwned) for n in names])))
+    assert res.returncode in (0, 3), res.stderr
+    # On POSIX these are ordinary single names: whatever was restored sits directly in target.
+    for name in os.listdir(sandbox.target):
+        assert name in names
+        assert (sandbox.target / name).read_bytes() == b"PWNED"
+
+
+def test_names_with_unencodable_surrogates_are_skipped(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    pwned = f.data(b"PWNED")
+    entries = [file_node(n, pwned).encode() for n in ["\ud800", "a\udfff", "ok"]]
+    res = restore(cli, sandbox, f.commit(f.raw_tree(entries)))
+    assert res.returncode == 3, res.stderr
+    assert os.listdir(sandbox.target) == ["ok"]
+
+
+@pytest.mark.parametrize("symlink_first", [True, False])
+def test_symlink_then_same_name_directory(cli: Cli, sandbox: Sandbox, symlink_first: bool) -> None:
+    """`evil` -> outside, then a directory also named `evil` with a file, then `evil/x`."""
+    f = Forge(cli)
+    pwned = f.data(b"PWNED")
+    inner = f.tree([file_node("secret.txt", pwned), file_node("x", pwned)])
+    link = link_node("evil", str(sandbox.outside)).encode()
+    folder = dir_node("evil", inner).encode()
+    entries = [link, folder] if symlink_first else [folder, link]
+    entries += [file_node("evil/x", pwned).encode(), file_node("evil/secret.txt", pwned).encode()]
+    res = restore(cli, sandbox, f.commit(f.raw_tree(entries)))
+    assert res.returncode == 3, res.stderr
+    evil = sandbox.target / "evil"
+    if symlink_first:
+        assert evil.is_symlink()
+        assert os.readlink(evil) == str(sandbox.outside)
+    else:
+        assert not evil.is_symlink()
+        assert (evil / "secret.txt").read_bytes() == b"PWNED"
+
+
+def test_symlink_and_file_sharing_a_filesystem_name(cli: Cli, sandbox: Sandbox) -> None:
+    """'é' and '\\udcc3\\udca9' are different strings but the same name on disk."""
+    f = Forge(cli)
+    pwned = f.data(b"PWNED")
+    inner = f.tree([file_node("secret.txt", pwned)])
+    entries = [
+        link_node("\udcc3\udca9", str(sandbox.outside)).encode(),
+        dir_node("é", inner).encode(),
+        link_node("f\udcc3\udca9", str(sandbox.secret)).encode(),
+        file_node("fé", pwned).encode(),
+    ]
+    res = restore(cli, sandbox, f.commit(f.raw_tree(entries)))
+    assert res.returncode == 3, res.stderr
+    assert "duplicate" in res.stderr
+    # the first of each pair won; nothing was written through the links
+    assert (sandbox.target / "é").is_symlink()
+    assert (sandbox.target / "fé").is_symlink()
+
+
+def test_two_files_sharing_a_filesystem_name_are_not_mixed(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    long_ref = f.data(b"A" * 5000)
+    short_ref = f.data(b"B" * 10)
+    entries = [file_node("é", short_ref).encode(), file_node("\udcc3\udca9", long_ref).encode()]
+    res = restore(cli, sandbox, f.commit(f.raw_tree(entries)))
+    assert res.returncode == 3, res.stderr
+    assert (sandbox.target / "é").read_bytes() == b"B" * 10
+
+
+def test_symlink_and_hard_links_stay_inside(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    data = f.data(b"linked content")
+    pwned = f.data(b"PWNED")
+    key = "7:1234"
+    inner = f.tree([file_node("secret.txt", pwned, hardlink=key)])
+    entries = [
+        # a symlink to the outside secret carrying the hardlink key of the files below
+        {**link_node("a", str(sandbox.secret)).encode(), "hardlink": key},
+        # a duplicate of the symlink's name claiming to be the first file of the link group
+        file_node("a", pwned, hardlink=key).encode(),
+        file_node("b", data, hardlink=key).encode(),
+        file_node("c", data, hardlink=key).encode(),
+        # a directory hidden behind a symlink name, holding another member of the group
+        link_node("d", str(sandbox.outside)).encode(),
+        dir_node("d", inner).encode(),
+        dir_node("e", inner).encode(),
+        file_node("e/secret.txt", pwned, hardlink=key).encode(),
+    ]
+    res = restore(cli, sandbox, f.commit(f.raw_tree(entries)))
+    assert res.returncode == 3, res.stderr
+    t = sandbox.target
+    assert os.readlink(t / "a") == str(sandbox.secret)
+    assert (t / "b").read_bytes() == b"linked content"
+    ino = (t / "b").stat().st_ino
+    assert (t / "c").stat().st_ino == ino
+    assert (t / "e" / "secret.txt").stat().st_ino == ino
+    assert (t / "d").is_symlink()
+
+
+def test_content_reference_outside_its_blob(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    ref = f.data(b"short blob")
+    beyond = ContentRef(ref.blob_id, 0, ref.length + 10)
+    res = restore(cli, sandbox, f.commit(f.tree([file_node("f", beyond)])))
+    assert res.returncode == 1
+    assert "content reference outside its blob" in res.stderr
+
+
+def test_content_offset_outside_its_blob(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    ref = f.data(b"short blob")
+    nodes = [
+        file_node("f", ContentRef(ref.blob_id, 2**40, 1)),
+        file_node("g", ContentRef(ref.blob_id, 2**62, 2**62)),
+    ]
+    res = restore(cli, sandbox, f.commit(f.tree(nodes)))
+    assert res.returncode == 1
+    assert "content reference outside its blob" in res.stderr
+
+
+def test_content_reference_to_missing_blob(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    ghost = ContentRef(f.repo.keys.hasher()(b"never stored"), 0, 12)
+    res = restore(cli, sandbox, f.commit(f.tree([file_node("f", ghost)])))
+    assert res.returncode == 1
+    assert "missing" in res.stderr
+
+
+def test_tree_blob_encrypted_under_another_id(cli: Cli, sandbox: Sandbox) -> None:
+    """A blob whose plaintext does not hash to its ID is refused even though it decrypts."""
+    f = Forge(cli)
+    pwned = f.data(b"PWNED")
+    real = tree.encode_tree([file_node("ok", pwned)])
+    fake = tree.encode_tree([file_node("other", pwned)])
+    root = f.repo.keys.hasher()(real)
+    f.repo.add_blob(root, BlobType.TREE, f.repo.codecs.get().encode(root, fake))
+    f.ids.append(root)
+    res = restore(cli, sandbox, f.commit(root))
+    assert res.returncode == 1
+    assert "does not match its ID" in res.stderr
+    assert not (sandbox.target / "other").exists()
+
+
+@pytest.mark.parametrize("which", ["tree", "data"])
+def test_server_swaps_stored_blobs(cli: Cli, sandbox: Sandbox, which: str) -> None:
+    """The index row of one blob is pointed at another blob's stored bytes."""
+    f = Forge(cli)
+    good = f.data(b"good data")
+    evil = f.data(b"evil data")
+    other_tree = f.tree([file_node("evil", evil)])
+    root = f.tree([file_node("good", good)])
+    snap_id = f.commit(root)
+    victim, donor = (root, other_tree) if which == "tree" else (good.blob_id, evil.blob_id)
+    db = sqlite3.connect(cli.repo / "index.sqlite")
+    with db:
+        donor_row = db.execute(
+            "SELECT pack, offset, length, checksum FROM blobs WHERE blob_id=?", (donor,)
+        ).fetchone()
+        db.execute(
+            "UPDATE blobs SET pack=?, offset=?, length=?, checksum=? WHERE blob_id=?",
+            (*donor_row, victim),
+        )
+    db.close()
+    res = restore(cli, sandbox, snap_id)
+    assert res.returncode == 1
+    assert "failed authentication" in res.stderr
+    assert not (sandbox.target / "evil").exists()
+    if (sandbox.target / "good").exists():
+        assert (sandbox.target / "good").read_bytes() in (b"", b"good data")
+
+
+def test_flipped_byte_in_pack_is_detected(cli: Cli, sandbox: Sandbox) -> None:
+    """A pack damaged on the server's disk (checksum updated too) is refused, not restored."""
+    f = Forge(cli)
+    root = f.tree([file_node("f", f.data(b"important data" * 100))])
+    snap_id = f.commit(root)
+    packs = [p for p in (cli.repo / "packs").rglob("*") if p.is_file()]
+    assert len(packs) == 1
+    raw = bytearray(packs[0].read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    packs[0].write_bytes(bytes(raw))
+    res = restore(cli, sandbox, snap_id)
+    assert res.returncode == 1
+    assert "damaged" in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_preexisting_symlink_in_target_is_not_followed(
+    cli: Cli, sandbox: Sandbox, kind: str
+) -> None:
+    f = Forge(cli)
+    pwned = f.data(b"PWNED")
+    if kind == "dir":
+        os.symlink(sandbox.outside, sandbox.target / "docs")
+        root = f.tree([dir_node("docs", f.tree([file_node("secret.txt", pwned)]))])
+    else:
+        os.symlink(sandbox.secret, sandbox.target / "docs")
+        root = f.tree([file_node("docs", pwned)])
+    res = restore(cli, sandbox, f.commit(root))
+    assert res.returncode == 1
+    assert "docs" in res.stderr
+    assert (sandbox.target / "docs").is_symlink()
+
+
+def test_preexisting_symlink_deeper_in_target(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    pwned = f.data(b"PWNED")
+    (sandbox.target / "a").mkdir()
+    os.symlink(sandbox.outside / "sub", sandbox.target / "a" / "b")
+    b = f.tree([file_node("x", pwned)])
+    root = f.tree([dir_node("a", f.tree([dir_node("b", b)]))])
+    res = restore(cli, sandbox, f.commit(root))
+    assert res.returncode == 1
+
+
+def test_target_that_is_a_symlink_is_resolved_once(cli: Cli, tmp_path: Path) -> None:
+    """The target is the user's choice and may be a link to another disk: it is resolved once,
+    and the snapshot's own entries still cannot climb out of the resolved folder."""
+    f = Forge(cli)
+    root = f.tree(
+        [
+            file_node("inside.txt", f.data(b"restored")),
+            link_node("evil", "../elsewhere"),
+        ]
+    )
+    snap_id = f.commit(root)
+    real = tmp_path / "disk" / "real-target"
+    real.mkdir(parents=True)
+    (tmp_path / "disk" / "elsewhere").mkdir()
+    link = tmp_path / "link-target"
+    os.symlink(real, link)
+    res = cli.run("restore", snap_id, "--target", str(link), check=False)
+    assert res.returncode == 0, res.stderr
+    assert (real / "inside.txt").read_bytes() == b"restored"
+    assert os.readlink(real / "evil") == "../elsewhere"
+    assert list((tmp_path / "disk" / "elsewhere").iterdir()) == []
+
+
+def test_include_with_dotdot_does_not_escape(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    pwned = f.data(b"PWNED")
+    root = f.tree([dir_node("d", f.tree([file_node("secret.txt", pwned)]))])
+    snap_id = f.commit(root)
+    for inc in ["../../../outside", "..", "d/../..", "/../outside/secret.txt"]:
+        res = restore(cli, sandbox, snap_id, "--include", inc)
+        assert res.returncode == 1, (inc, res.stdout, res.stderr)
+        assert "nothing in the snapshot matches" in res.stderr
+
+
+def test_special_files_with_hostile_names(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    entries: list[dict[str, Any]] = [
+        Node(name="../fifo", type=tree.FIFO, mode=0o644).encode(),
+        Node(name="../../dev", type=tree.CHARDEV, mode=0o644, device=0x0103).encode(),
+        link_node("../../outside/link", "/etc/passwd").encode(),
+        Node(name="fifo", type=tree.FIFO, mode=0o600).encode(),
+    ]
+    res = restore(cli, sandbox, f.commit(f.raw_tree(entries)))
+    assert res.returncode == 3, res.stderr
+    names = os.listdir(sandbox.target)
+    if hasattr(os, "mkfifo"):
+        assert names == ["fifo"]
+        assert stat.S_ISFIFO((sandbox.target / "fifo").lstat().st_mode)
