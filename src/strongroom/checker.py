@@ -33,6 +33,9 @@ def check(
     report = CheckReport()
     store = repo.store
     aead = repo.keys.aead()
+    # Snapshots first: one committed after this point references only blobs indexed before its
+    # commit, so reading the index second never makes a concurrent backup look damaged.
+    snapshot_rows = store.list_snapshots()
     index = {loc.blob_id: loc for loc in store.iter_index()}
     packs = store.packs()
 
@@ -61,7 +64,7 @@ def check(
                     progress(loc.length)
 
     snapshots: list[Snapshot] = []
-    for row in store.list_snapshots():
+    for row in snapshot_rows:
         try:
             snapshots.append(open_snapshot(aead, row))
         except StrongroomError as exc:

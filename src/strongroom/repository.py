@@ -54,10 +54,16 @@ class LocalRepository:
 
     @staticmethod
     def init(path: Path, password: bytes, kdf: crypto.KdfParams | None = None) -> LocalRepository:
-        store = PackStore.create(path)
         keys = RepoKeys.generate()
-        store.set_meta("keyfile", create_keyfile(password, keys, kdf).to_json().encode())
-        store.set_meta("repo_id", os.urandom(16).hex().encode())
+        # The key file goes in with the index in one step: a killed init leaves no repository
+        # rather than one nobody can open.
+        store = PackStore.create(
+            path,
+            meta={
+                "keyfile": create_keyfile(password, keys, kdf).to_json().encode(),
+                "repo_id": os.urandom(16).hex().encode(),
+            },
+        )
         return LocalRepository(store, keys)
 
     @staticmethod

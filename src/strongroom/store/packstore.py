@@ -3,12 +3,16 @@
 Write path (see docs/FORMAT.md, "Durability"):
 1. blobs are appended to an in-memory pack buffer;
 2. a full buffer is written to ``packs/xx/NAME.tmp``, fsync'd, renamed to ``NAME`` and the
-   folder fsync'd;
+   folder fsync'd (and ``packs/`` too when ``xx`` was just created);
 3. only then are its blobs inserted into the index, in one transaction;
 4. a snapshot row and its manifest are inserted in one transaction that first checks that every
-   blob of the manifest is in the index.
+   blob of the manifest is in the index (a read-only store cannot commit at all).
 A crash at any point leaves at worst a ``.tmp`` file or a pack nobody indexed; both are removed
-the next time a writer opens the store.
+the next time a writer opens the store (never by a reader: it holds no lock, so it cannot tell
+them from a live writer's pack between its rename and its index commit). A write that fails
+removes its own ``.tmp``. A new repository's index is built under a temporary name, with its
+initial metadata, and linked into place last: a crash during creation leaves no index at all.
+Tested by tests/test_crash.py, which SIGKILLs real processes.
 """
 
 from __future__ import annotations
@@ -117,19 +121,47 @@ class PackStore:
     # ---- creation -------------------------------------------------------------------------
 
     @staticmethod
-    def create(root: Path) -> PackStore:
-        if (root / "index.sqlite").exists():
+    def create(root: Path, meta: dict[str, bytes] | None = None) -> PackStore:
+        """Create a repository whose index holds `meta` (e.g. the key file) from the start.
+
+        The index is built under a temporary name and linked into place last, so a crash during
+        creation never leaves a half-made repository: the folder has either no index (and
+        `create` accepts it again) or a complete one.
+        """
+        index = root / "index.sqlite"
+        if index.exists():
             raise RepositoryError(f"a repository already exists at {root}")
-        if root.exists() and any(root.iterdir()):
+        if root.exists() and not _only_init_leftovers(root):
             raise RepositoryError(f"{root} exists and is not empty; choose an empty folder")
+        if meta and "schema" in meta:
+            raise ValueError("'schema' is a reserved meta name")
         if _mkdir(root, parents=True):
             _fsync_dir(root.parent)  # the repository folder's own entry must survive a crash
+        for entry in root.iterdir():  # an earlier create that was killed
+            if entry.name.startswith(_INIT_PREFIX):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
         (root / "packs").mkdir(exist_ok=True)
-        db = _connect(root / "index.sqlite")
-        with db:
-            db.executescript(_SCHEMA)
-            db.execute("INSERT INTO meta(name, value) VALUES('schema', ?)", (str(_SCHEMA_VERSION),))
-        db.close()
+        tmp = root / f"{_INIT_PREFIX}{os.urandom(8).hex()}"
+        try:
+            db = sqlite3.connect(tmp)
+            try:
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+                with db:
+                    db.execute(
+                        "INSERT INTO meta(name, value) VALUES('schema', ?)", (str(_SCHEMA_VERSION),)
+                    )
+                    db.executemany(
+                        "INSERT INTO meta(name, value) VALUES(?, ?)", sorted((meta or {}).items())
+                    )
+            finally:
+                db.close()
+            _fsync_file(tmp)
+            _link_new(tmp, index)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         _fsync_dir(root)
         return PackStore(root, writer=True)
 
@@ -241,16 +273,24 @@ class PackStore:
             _fsync_dir(folder.parent)
         final = folder / name
         tmp = folder / (name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600
+            )
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            # Do not leave a partial pack behind (on a full disk it holds space we need).
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         _fsync_dir(folder)
         with self._db_lock, self._db:
             cur = self._db.execute(
@@ -447,6 +487,40 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=FULL")  # a committed index row survives power loss
     db.execute("PRAGMA foreign_keys=ON")
     return db
+
+
+_INIT_PREFIX = "index.sqlite.init-"
+
+
+def _only_init_leftovers(root: Path) -> bool:
+    """True if `root` holds nothing but what a killed `create` can leave behind."""
+    for entry in root.iterdir():
+        if entry.name.startswith(_INIT_PREFIX) or entry.name == "lock":
+            continue
+        if entry.name == "packs" and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        return False
+    return True
+
+
+def _link_new(src: Path, dest: Path) -> None:
+    """Give `src` the name `dest` atomically, failing if `dest` exists (two concurrent creates)."""
+    try:
+        os.link(src, dest)
+    except FileExistsError:
+        raise RepositoryError(f"a repository already exists at {dest.parent}") from None
+    except OSError:  # a filesystem without hard links: a plain rename, checked first
+        if dest.exists():
+            raise RepositoryError(f"a repository already exists at {dest.parent}") from None
+        os.replace(src, dest)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows needs write access
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _mkdir(path: Path, *, parents: bool = False) -> bool:
