@@ -34,7 +34,7 @@ from ..errors import IntegrityError, RepositoryError
 from .lock import WriterLock
 
 PACK_TARGET_SIZE = 16 * 1024 * 1024
-_WRITE_QUEUE_DEPTH = 2  # packs waiting for disk: bounds memory at ~3 x PACK_TARGET_SIZE
+_WRITE_QUEUE_DEPTH = 1  # packs waiting for disk: bounds memory at ~3 x PACK_TARGET_SIZE
 _SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -204,14 +204,13 @@ class PackStore:
         if self._lock is None:
             raise RepositoryError("store was opened read-only")
         full: _PendingPack | None = None
+        checksum = content_checksum(stored)  # outside the lock: workers hash in parallel
         with self._buf_lock:
             if blob_id in self._pending_ids:
                 return False
             self._pending_ids.add(blob_id)
             cur = self._current
-            cur.entries.append(
-                (blob_id, blob_type, cur.size, len(stored), content_checksum(stored))
-            )
+            cur.entries.append((blob_id, blob_type, cur.size, len(stored), checksum))
             cur.parts.append(stored)
             cur.size += len(stored)
             if cur.size >= PACK_TARGET_SIZE:
@@ -263,9 +262,11 @@ class PackStore:
         raise exc
 
     def _write_pack(self, pack: _PendingPack) -> None:
-        data = b"".join(pack.parts)
-        pack.parts.clear()
-        name = blake3.blake3(data).hexdigest()
+        # Hash and write the parts as they are: joining them would double the pack's memory.
+        hasher = blake3.blake3()
+        for part in pack.parts:
+            hasher.update(part)
+        name = hasher.hexdigest()
         folder = self.root / "packs" / name[:2]
         if _mkdir(folder):
             # A new subfolder is only durable once its parent is fsync'd; without this a power
@@ -278,10 +279,11 @@ class PackStore:
                 tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600
             )
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                for part in pack.parts:
+                    view = memoryview(part)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -296,7 +298,7 @@ class PackStore:
             cur = self._db.execute(
                 "INSERT INTO packs(name, size, created_ns) VALUES(?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET size=excluded.size RETURNING id",
-                (name, len(data), time.time_ns()),
+                (name, pack.size, time.time_ns()),
             )
             pack_id = cur.fetchone()[0]
             self._db.executemany(
@@ -304,9 +306,13 @@ class PackStore:
                 "VALUES(?, ?, ?, ?, ?, ?)",
                 [(b, t, pack_id, o, n, c) for (b, t, o, n, c) in pack.entries],
             )
-        self.bytes_written += len(data)
+        pack.parts.clear()
+        self.bytes_written += pack.size
 
     def locate(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
+        ids = blob_ids if isinstance(blob_ids, (list, set, tuple)) else list(blob_ids)
+        if len(ids) <= 8:  # one folder's tree, say: plain indexed lookups beat a temp table
+            return self._locate_few(ids)
         out: dict[bytes, BlobLocation] = {}
         with self._db_lock, self._db:
             # A temporary table instead of a long IN (...) list keeps the SQL fully parameterised.
@@ -324,6 +330,21 @@ class PackStore:
         for r in rows:
             loc = BlobLocation(bytes(r[0]), r[1], r[2], r[3], r[4], bytes(r[5]))
             out[loc.blob_id] = loc
+        return out
+
+    def _locate_few(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
+        out: dict[bytes, BlobLocation] = {}
+        with self._db_lock:
+            for blob_id in blob_ids:
+                r = self._db.execute(
+                    "SELECT b.blob_id, b.type, p.name, b.offset, b.length, b.checksum "
+                    "FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.blob_id = ?",
+                    (blob_id,),
+                ).fetchone()
+                if r is not None:
+                    out[bytes(r[0])] = BlobLocation(
+                        bytes(r[0]), r[1], r[2], r[3], r[4], bytes(r[5])
+                    )
         return out
 
     def read_blob(self, blob_id: bytes) -> bytes:
