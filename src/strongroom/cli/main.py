@@ -418,8 +418,9 @@ def forget(repo: str, password_file: str | None, snapshot_ids: tuple[str, ...]) 
     r = open_repo(repo, password_file, writer=True)
     try:
         snaps = load_snapshots(r)
-        chosen = [resolve(snaps, s) for s in snapshot_ids]
-        for s in chosen:
+        # All names are resolved before anything is removed; "latest 1a2b" may name one twice.
+        chosen = {snap.id: snap for snap in (resolve(snaps, s) for s in snapshot_ids)}
+        for s in chosen.values():
             r.delete_snapshot(s.id)
             click.echo(f"removed snapshot {s.short_id}")
     finally:
