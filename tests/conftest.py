@@ -46,8 +46,14 @@ class Cli:
         }
         self.env.pop("STRONGROOM_DEBUG", None)
 
-    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-            input: str | None = None, timeout: float = 300) -> Result:
+    def run(
+        self,
+        *args: str,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+        timeout: float = 300,
+    ) -> Result:
         proc = subprocess.run(
             [*strongroom_exe(), *args],
             env={**self.env, **(env or {})},

@@ -482,11 +482,6 @@ def test_restore_into_a_link_to_a_folder(zoo: Zoo) -> None:
     assert (real / "src" / "sizes" / "one").read_bytes() == (zoo.src / "sizes" / "one").read_bytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cache.py stores folder paths as sqlite TEXT: a non-UTF-8 folder name raises "
-    "UnicodeEncodeError in LocalCache.save after the snapshot is committed (exit 1)",
-)
 def test_non_utf8_folder_name(cli: Cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

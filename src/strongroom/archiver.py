@@ -16,37 +16,46 @@ from __future__ import annotations
 
 import gc
 import getpass
+import io
 import marshal
+import multiprocessing
 import os
 import socket
+import sqlite3
 import stat
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import blake3
 
 from . import tree
 from .blobs import BlobType
-from .bundler import SMALL_FILE_LIMIT, OpenBundle
+from .bundler import SMALL_FILE_LIMIT
 from .cache import CachedDir, LocalCache
 from .chunker import Chunker
 from .errors import StrongroomError
 from .excludes import ExcludeMatcher
 from .fsmeta import node_from_stat, node_type, same_file
 from .repository import Repository
+from .smallfiles import (
+    READ_FLAGS,
+    BatchOutcome,
+    Ref,
+    SmallFileReader,
+    init_process,
+    read_batch_in_process,
+)
 from .snapshot import Snapshot, new_snapshot_id, seal_snapshot
 from .tree import ContentRef, Node
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
-# O_NONBLOCK: if a FIFO was swapped in after lstat, open must not hang (no effect on files).
-_READ_FLAGS = os.O_RDONLY | _O_BINARY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
 
 ProgressFn = Callable[[int, int], None]  # (files done, bytes done) increments
 
@@ -65,6 +74,7 @@ class BackupResult:
     bytes_uploaded: int = 0
     duration: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -84,6 +94,11 @@ _BatchFuture = Future[list[_FileResult]]
 _BATCH_FILES = 64  # small files per worker task: fewer futures, less GIL ping-pong
 _BATCH_BYTES = 4 * 1024 * 1024
 _MAX_OUTSTANDING = 16  # batches submitted but not yet read
+_PROCESS_AFTER = 4  # batches read in threads before worker processes are worth starting
+
+
+def _processes_allowed() -> bool:
+    return not os.environ.get("STRONGROOM_NO_PROCESSES")
 
 
 @dataclass
@@ -141,7 +156,6 @@ class Archiver:
         self._session: set[bytes] = set()
         self._session_lock = threading.Lock()
         self._chunkers = threading.local()
-        self._small_seen: dict[bytes, ContentRef] = {}  # dict get/set are atomic under the GIL
         self._new_small: list[tuple[bytes, ContentRef]] = []
         self._inodes: dict[tuple[int, int], tuple[_BatchFuture, int]] = {}
         self._batch: list[tuple[str, os.stat_result, Node]] = []
@@ -152,7 +166,10 @@ class Archiver:
         self._new_dircache: dict[str, CachedDir] = {}
         self._manifest: set[bytes] = set()
         self._cache_loaded: dict[str, CachedDir] | None = None
-        self._small_cached = False
+        self._small_map: dict[bytes, Ref] | None = None
+        self._batches = 0
+        self._procs: ProcessPoolExecutor | None = None
+        self._readers = threading.local()
         self._ready: deque[_DirJob] = deque()
         self._pool: ThreadPoolExecutor | None = None
         self._lister: ThreadPoolExecutor | None = None
@@ -202,7 +219,7 @@ class Archiver:
     ) -> BackupResult:
         roots = self._check_roots(paths)
         self._known = self.repo.known_blob_ids()
-        self._small_cached = self.cache is not None and self.cache.has_small()
+
         if self.cache is not None and parent is not None and self.cache.snapshot_id() == parent.id:
             loaded = self.cache.load_dirs()
             self._dircache = {p: d for p, d in loaded.items() if d.refs <= self._known}
@@ -221,6 +238,8 @@ class Archiver:
             self._finalize_ready(final=True)
         finally:
             self._lister.shutdown(wait=True, cancel_futures=True)
+            if self._procs is not None:
+                self._procs.shutdown(wait=True, cancel_futures=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
         assert root.tree_id is not None
 
@@ -244,7 +263,10 @@ class Archiver:
             bytes_scanned=self._bytes_scanned,
             bytes_read=self._bytes_read,
             warnings=self._warnings,
-            **self._counts,
+            added=self._counts["added"],
+            modified=self._counts["modified"],
+            removed=self._counts["removed"],
+            unchanged=self._counts["unchanged"],
         )
         result.bytes_uploaded = self.repo.bytes_uploaded()
         snap.stats = result.stats()
@@ -252,8 +274,12 @@ class Archiver:
             snap.id, snap.time_ns, seal_snapshot(self.repo.keys.aead(), snap), manifest
         )
         if self.cache is not None:
-            self.cache.save(snap.id, self._new_dircache, self._cache_loaded)
-            self.cache.add_small(self._new_small)
+            try:
+                self.cache.save(snap.id, self._new_dircache, self._cache_loaded)
+                self.cache.add_small(self._new_small)
+            except (sqlite3.Error, OSError, ValueError) as exc:
+                # The snapshot is already committed; a stale cache only costs speed next time.
+                result.notes.append(f"local cache not updated ({exc}); the next backup is slower")
         result.duration = time.monotonic() - started
         self.result = result
         return result
@@ -462,6 +488,14 @@ class Archiver:
             if shared is not None:  # another name of a file we are already reading
                 job.pending.append(_Pending(node, shared[0], shared[1], change))
                 return
+        if st.st_size >= SMALL_FILE_LIMIT:
+            assert self._pool is not None
+            large: _BatchFuture = Future()
+            self._pool.submit(self._read_large, full, st, node, large)
+            job.pending.append(_Pending(node, large, 0, change))
+            if st.st_nlink > 1:
+                self._inodes[(st.st_dev, st.st_ino)] = (large, 0)
+            return
         batch = self._batch
         batch.append((full, st, node))
         self._batch_bytes += st.st_size
@@ -476,11 +510,19 @@ class Archiver:
         """Hand the collected files to a worker; the future was created when the batch began."""
         if not self._batch:
             return
-        assert self._pool is not None
         batch, future = self._batch, self._batch_future
         self._batch, self._batch_bytes = [], 0
         self._batch_future = Future()
-        self._pool.submit(self._read_batch, batch, future)
+        items = [(full, st.st_size, st.st_mtime_ns) for full, st, _n in batch]
+        self._batches += 1
+        if self._batches == _PROCESS_AFTER and self.workers > 1 and _processes_allowed():
+            self._start_processes()
+        if self._procs is not None:
+            done = self._procs.submit(read_batch_in_process, items)
+            done.add_done_callback(lambda f: self._absorb(f, batch, future))
+        else:
+            assert self._pool is not None
+            self._pool.submit(self._read_batch_here, items, batch, future)
         # Keep the walk at most a few batches ahead of the readers, so the metadata waiting for
         # them (and thus memory) stays bounded however many files the tree has.
         self._outstanding.append(future)
@@ -489,27 +531,89 @@ class Archiver:
         while self._outstanding and self._outstanding[0].done():
             self._outstanding.popleft()
 
-    def _read_batch(
-        self, batch: list[tuple[str, os.stat_result, Node]], future: _BatchFuture
+    def _start_processes(self) -> None:
+        """Small files are read in worker processes once a backup proves big enough: their
+        per-file Python work would otherwise hold this process's GIL and keep a first backup on
+        one core. Small backups never pay for starting them."""
+        self._procs = ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_process,
+            initargs=(
+                os.getpid(),
+                self.repo.keys.data_key,
+                self.repo.keys.id_key,
+                self._known_small(),
+            ),
+        )
+
+    def _known_small(self) -> dict[bytes, Ref]:
+        """Small files stored by earlier backups (and still in the repository), loaded once."""
+        if self._small_map is None:
+            self._small_map = {}
+            if self.cache is not None:
+                self._small_map = {
+                    cid: ref for cid, ref in self.cache.all_small().items() if ref[0] in self._known
+                }
+        return self._small_map
+
+    def _read_batch_here(
+        self,
+        items: list[tuple[str, int, int]],
+        batch: list[tuple[str, os.stat_result, Node]],
+        future: _BatchFuture,
     ) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        results: list[_FileResult] = [None] * len(batch)
-        bundle = OpenBundle()
+        """The one-worker path: the same reader, in a thread of this process."""
+        reader: SmallFileReader | None = getattr(self._readers, "reader", None)
+        if reader is None:
+            with self._session_lock:
+                known = self._known_small()
+            reader = SmallFileReader(self.repo.keys.data_key, self.repo.keys.id_key, known)
+            self._readers.reader = reader
+        done: Future[BatchOutcome] = Future()
         try:
-            for i, (full, st, node) in enumerate(batch):
-                try:
-                    results[i] = self._read_file(full, st, node, bundle, i)
-                except _FileSkipped as exc:
-                    results[i] = exc
-                if bundle.full():
-                    self._seal(bundle, results)
-                    bundle = OpenBundle()
-            self._seal(bundle, results)
+            done.set_result(reader.read_batch(items))
+        except BaseException as exc:
+            done.set_exception(exc)
+        self._absorb(done, batch, future)
+
+    def _absorb(
+        self,
+        done: Future[BatchOutcome],
+        batch: list[tuple[str, os.stat_result, Node]],
+        future: _BatchFuture,
+    ) -> None:
+        """Store a batch's bundles and fill in its files (runs on a thread of this process)."""
+        try:
+            outcome = done.result()
+            for blob_id, stored in outcome.blobs:
+                if self._claim(blob_id):
+                    self.repo.add_blob(blob_id, BlobType.DATA, stored)
+            self._new_small.extend((cid, ContentRef(*ref)) for cid, ref in outcome.pieces)
+            results: list[_FileResult] = []
+            files = nbytes = 0
+            for (full, _st, node), res in zip(batch, outcome.files, strict=True):
+                if res.refs is None:
+                    results.append(_FileSkipped(res.error or f"{full}: skipped"))
+                    continue
+                if res.changed:
+                    self._changed_while_read(full, node)
+                node.size = res.size
+                files += 1
+                nbytes += res.size
+                results.append([ContentRef(*r) for r in res.refs])
+            self._bytes_read += nbytes
+            self.progress(files, nbytes)
         except BaseException as exc:
             future.set_exception(exc)
             return
         future.set_result(results)
+
+    def _changed_while_read(self, full: str, node: Node) -> None:
+        self._warn(f"{full}: changed while being read; stored as read, will be re-read")
+        # ctime is compared on the next backup but never restored: 0 forces a re-read without
+        # giving the restored file a wrong date.
+        node.ctime_ns = 0
 
     def _count(self, what: str) -> None:
         self._counts[what] += 1
@@ -555,89 +659,54 @@ class Archiver:
 
     # ---- workers -----------------------------------------------------------------------------
 
-    def _seal(self, bundle: OpenBundle, results: list[_FileResult]) -> None:
-        if not bundle.parts:
+    def _read_large(self, full: str, st: os.stat_result, node: Node, future: _BatchFuture) -> None:
+        if not future.set_running_or_notify_cancel():
             return
-        blob_id = self._store_bundle(b"".join(bundle.parts))
-        for index, offset, length in bundle.waiting:
-            results[index] = [ContentRef(blob_id, offset, length)]
-        for cid, (offset, length) in bundle.pieces.items():
-            ref = ContentRef(blob_id, offset, length)
-            self._small_seen[cid] = ref
-            self._new_small.append((cid, ref))
-
-    def _read_file(
-        self, full: str, st: os.stat_result, node: Node, bundle: OpenBundle, index: int
-    ) -> list[ContentRef] | None:
         try:
-            fd = os.open(full, _READ_FLAGS | _O_NOATIME)
+            future.set_result([self._read_large_file(full, st, node)])
+        except _FileSkipped as exc:
+            future.set_result([exc])
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    def _read_large_file(self, full: str, st: os.stat_result, node: Node) -> list[ContentRef]:
+        try:
+            fd = os.open(full, READ_FLAGS | _O_NOATIME)
         except PermissionError as exc:
-            if _O_NOATIME:  # O_NOATIME needs ownership; retry without it
-                try:
-                    fd = os.open(full, _READ_FLAGS)
-                except OSError as exc2:
-                    raise _FileSkipped(f"{full}: cannot read ({exc2.strerror}); skipped") from None
-            else:
+            if not _O_NOATIME:
                 raise _FileSkipped(f"{full}: cannot read ({exc.strerror}); skipped") from None
+            try:  # O_NOATIME needs ownership of the file
+                fd = os.open(full, READ_FLAGS)
+            except OSError as exc2:
+                raise _FileSkipped(f"{full}: cannot read ({exc2.strerror}); skipped") from None
         except OSError as exc:
             raise _FileSkipped(f"{full}: cannot read ({exc.strerror}); skipped") from None
         try:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise _FileSkipped(f"{full}: is no longer a regular file; skipped")
-            if st.st_size < SMALL_FILE_LIMIT:
-                refs, size = self._read_small(fd, st.st_size, bundle, index)
-            else:
-                refs, size = self._read_chunked(fd)
+            refs, size = self._read_chunked(fd, st.st_size)
             after = os.fstat(fd)
         except OSError as exc:
             raise _FileSkipped(f"{full}: read error ({exc.strerror}); skipped") from None
         finally:
             os.close(fd)
-        if size != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
-            self._warn(f"{full}: changed while being read; stored as read, will be re-read")
-            node.mtime_ns = 0  # never matches, so the next backup reads it again
+        if size != st.st_size or after.st_size != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
+            self._changed_while_read(full, node)
         node.size = size
         self._bytes_read += size
         self.progress(1, size)
         return refs
 
-    def _read_small(
-        self, fd: int, expected: int, bundle: OpenBundle, index: int
-    ) -> tuple[list[ContentRef] | None, int]:
-        data = os.read(fd, expected + 1)  # one call in the common case; +1 detects growth
-        if len(data) != expected:
-            parts = [data]
-            while True:
-                block = os.read(fd, SMALL_FILE_LIMIT)
-                if not block:
-                    break
-                parts.append(block)
-            data = b"".join(parts)
-        if not data:
-            return [], 0
-        if len(data) >= SMALL_FILE_LIMIT:  # grew while we read: store it like a large file
-            return [self._store_chunk(data)], len(data)
-        cid = self._hasher(data)
-        seen = self._small_seen.get(cid)
-        if seen is None and self._small_cached and self.cache is not None:
-            ref = self.cache.lookup_small(cid)
-            if ref is not None and ref.blob_id in self._known:
-                seen = ref
-        if seen is not None:
-            return [seen], len(data)
-        bundle.add(index, cid, data)
-        return None, len(data)
-
-    def _read_chunked(self, fd: int) -> tuple[list[ContentRef], int]:
+    def _read_chunked(self, fd: int, limit: int) -> tuple[list[ContentRef], int]:
         chunker: Chunker | None = getattr(self._chunkers, "chunker", None)
         if chunker is None:
             chunker = Chunker(self.repo.keys.chunker_seed)
             self._chunkers.chunker = chunker
         refs: list[ContentRef] = []
         size = 0
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
-            for view in chunker.chunks(stream):
+        with io.FileIO(os.dup(fd), "rb") as raw:
+            # Read no further than the size lstat saw: a growing file cannot stall the backup.
+            for view in chunker.chunks(_Limited(raw, limit)):
                 refs.append(self._store_chunk(view))
                 size += len(view)
         return refs, size
@@ -648,14 +717,6 @@ class Archiver:
             stored = self.repo.codecs.get().encode(blob_id, data)
             self.repo.add_blob(blob_id, BlobType.DATA, stored)
         return ContentRef(blob_id, 0, len(data))
-
-    def _store_bundle(self, plaintext: bytes) -> bytes:
-        blob_id = self._hasher(plaintext)
-        if self._claim(blob_id):
-            self.repo.add_blob(
-                blob_id, BlobType.DATA, self.repo.codecs.get().encode(blob_id, plaintext)
-            )
-        return blob_id
 
     def _claim(self, blob_id: bytes) -> bool:
         """True if this thread should store the blob (nobody has it or is storing it)."""
@@ -686,7 +747,7 @@ class Archiver:
                 assert res is not None
                 p.node.content = res
                 self._count(p.change)
-                if p.node.mtime_ns == 0:  # changed while being read (see _read_file)
+                if p.node.ctime_ns == 0:  # changed while being read (see _changed_while_read)
                     job.no_cache = True
             except _FileSkipped as exc:
                 self._warn(str(exc))
@@ -762,6 +823,22 @@ class Archiver:
 
 class _FileSkipped(Exception):
     pass
+
+
+class _Limited:
+    """A raw file that ends at `limit` bytes, for the chunker's readinto loop."""
+
+    def __init__(self, raw: io.FileIO, limit: int) -> None:
+        self._raw = raw
+        self._left = limit
+
+    def readinto(self, buf: memoryview) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buf)[: self._left]
+        n = self._raw.readinto(view) or 0
+        self._left -= n
+        return n
 
 
 _KINDS = {

@@ -28,8 +28,8 @@ from .tree import ContentRef
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS dirs(
-    path TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS dirs2(
+    path BLOB PRIMARY KEY,
     own_sig BLOB NOT NULL,
     full_sig BLOB NOT NULL,
     tree_id BLOB NOT NULL,
@@ -87,11 +87,11 @@ class LocalCache:
     def load_dirs(self) -> dict[str, CachedDir]:
         out: dict[str, CachedDir] = {}
         for path, own, full, tree_id, refs, nfiles in self._db.execute(
-            "SELECT path, own_sig, full_sig, tree_id, refs, nfiles FROM dirs"
+            "SELECT path, own_sig, full_sig, tree_id, refs, nfiles FROM dirs2"
         ):
             raw = bytes(refs)
             ids = frozenset(raw[i : i + 32] for i in range(0, len(raw), 32))
-            out[path] = CachedDir(bytes(own), bytes(full), bytes(tree_id), ids, nfiles)
+            out[_path_str(path)] = CachedDir(bytes(own), bytes(full), bytes(tree_id), ids, nfiles)
         return out
 
     def save(
@@ -103,16 +103,24 @@ class LocalCache:
         """
         with self._lock, self._db:
             if previous is None:
-                self._db.execute("DELETE FROM dirs")
+                self._db.execute("DELETE FROM dirs2")
                 previous = {}
             self._db.executemany(
-                "DELETE FROM dirs WHERE path=?", ((p,) for p in previous.keys() - dirs.keys())
+                "DELETE FROM dirs2 WHERE path=?",
+                ((_path_key(p),) for p in previous.keys() - dirs.keys()),
             )
             self._db.executemany(
-                "INSERT OR REPLACE INTO dirs(path, own_sig, full_sig, tree_id, refs, nfiles) "
+                "INSERT OR REPLACE INTO dirs2(path, own_sig, full_sig, tree_id, refs, nfiles) "
                 "VALUES(?, ?, ?, ?, ?, ?)",
                 (
-                    (p, d.own_sig, d.full_sig, d.tree_id, b"".join(sorted(d.refs)), d.nfiles)
+                    (
+                        _path_key(p),
+                        d.own_sig,
+                        d.full_sig,
+                        d.tree_id,
+                        b"".join(sorted(d.refs)),
+                        d.nfiles,
+                    )
                     for p, d in dirs.items()
                     if previous.get(p) != d
                 ),
@@ -129,11 +137,11 @@ class LocalCache:
     def has_small(self) -> bool:
         return self._small_path.exists() and self._small_path.stat().st_size >= _SMALL_RECORD.size
 
-    def lookup_small(self, cid: bytes) -> ContentRef | None:
+    def all_small(self) -> dict[bytes, ContentRef]:
         with self._lock:
             if self._small is None:
                 self._small = self._load_small()
-            return self._small.get(cid)
+            return self._small
 
     def _load_small(self) -> dict[bytes, ContentRef]:
         try:
@@ -163,3 +171,12 @@ class LocalCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _path_key(path: str) -> bytes:
+    """Paths may hold surrogate escapes of non-UTF-8 bytes, which SQLite text cannot store."""
+    return path.encode("utf-8", "surrogatepass")
+
+
+def _path_str(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "surrogatepass")

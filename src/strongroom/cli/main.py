@@ -205,6 +205,7 @@ def backup(
                     "bytes_uploaded": result.bytes_uploaded,
                     "duration": round(result.duration, 3),
                     "warnings": result.warnings,
+                    "notes": result.notes,
                 }
             )
         )
@@ -223,6 +224,8 @@ def backup(
             click.echo(
                 f"{len(result.warnings)} file(s) or folder(s) could not be read (see warnings)"
             )
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     if result.warnings:
         sys.exit(EXIT_PARTIAL)
 
