@@ -32,8 +32,19 @@ class Result:
         return json.loads(self.stdout)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Let the many short strongroom processes reuse compiled bytecode (kept out of src/)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+        mp.setenv("PYTHONPYCACHEPREFIX", str(tmp_path_factory.getbasetemp() / "pycache"))
+        yield
+
+
 class Cli:
     """Runs the real command line against one repository, with a private cache folder."""
+
+    PREFIX: tuple[str, ...] = ()  # e.g. a command that drops privileges
 
     def __init__(self, tmp: Path) -> None:
         self.repo = tmp / "repo"
@@ -45,6 +56,7 @@ class Cli:
             "STRONGROOM_REPO": str(self.repo),
         }
         self.env.pop("STRONGROOM_DEBUG", None)
+        self.cwd: Path | None = None
 
     def run(
         self,
@@ -55,12 +67,13 @@ class Cli:
         timeout: float = 300,
     ) -> Result:
         proc = subprocess.run(
-            [*strongroom_exe(), *args],
+            [*self.PREFIX, *strongroom_exe(), *args],
             env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             input=input,
             timeout=timeout,
+            cwd=self.cwd,
         )
         res = Result(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,6 @@ from conftest import Cli
 from strongroom.chunker import MAX_SIZE
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Let the many short strongroom processes reuse compiled bytecode (kept out of src/)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-        mp.setenv("PYTHONPYCACHEPREFIX", str(tmp_path_factory.getbasetemp() / "pycache"))
-        yield
 
 
 def pack_bytes(cli: Cli) -> int:

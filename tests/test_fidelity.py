@@ -30,15 +30,6 @@ from strongroom.chunker import MAX_SIZE, MIN_SIZE
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Let the many short strongroom processes reuse compiled bytecode (kept out of src/)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-        mp.setenv("PYTHONPYCACHEPREFIX", str(tmp_path_factory.getbasetemp() / "pycache"))
-        yield
-
-
 # --------------------------------------------------------------------------------------------
 # helpers
 
@@ -580,31 +571,7 @@ class NobodyCli(Cli):
         super().__init__(tmp)
         self.env["HOME"] = str(tmp)
         self.env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")  # one nobody may write
-
-    def run(
-        self,
-        *args: str,
-        check: bool = True,
-        env: dict[str, str] | None = None,
-        input: str | None = None,
-        timeout: float = 300,
-    ) -> Result:
-        proc = subprocess.run(
-            [*self.PREFIX, *strongroom_exe(), *args],
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            input=input,
-            timeout=timeout,
-            cwd=self.repo.parent,
-        )
-        res = Result(proc.returncode, proc.stdout, proc.stderr)
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"strongroom {' '.join(args)} exited {proc.returncode}\n"
-                f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
-            )
-        return res
+        self.cwd = self.repo.parent  # a folder nobody may enter
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from .cache import CachedDir, LocalCache
 from .chunker import Chunker
 from .errors import StrongroomError
 from .excludes import ExcludeMatcher
-from .fsmeta import node_from_stat, node_type, same_file
+from .fsmeta import KINDS, node_from_stat, node_type, same_file
 from .repository import Repository
 from .smallfiles import (
     READ_FLAGS,
@@ -363,7 +363,7 @@ class Archiver:
             except OSError as exc:
                 self._warn(f"{full}: cannot stat ({exc.strerror}); skipped")
                 continue
-            kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+            kind = KINDS.get(stat.S_IFMT(st.st_mode))
             if kind is None:
                 self._warn(f"{full}: unknown file type; skipped")
                 continue
@@ -839,17 +839,6 @@ class _Limited:
         n = self._raw.readinto(view) or 0
         self._left -= n
         return n
-
-
-_KINDS = {
-    stat.S_IFREG: tree.FILE,
-    stat.S_IFDIR: tree.DIR,
-    stat.S_IFLNK: tree.SYMLINK,
-    stat.S_IFIFO: tree.FIFO,
-    stat.S_IFSOCK: tree.SOCKET,
-    stat.S_IFCHR: tree.CHARDEV,
-    stat.S_IFBLK: tree.BLOCKDEV,
-}
 
 
 def _entry_name(entry: os.DirEntry[str]) -> str:

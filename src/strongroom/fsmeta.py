@@ -7,24 +7,19 @@ import stat
 
 from . import tree
 
+KINDS = {
+    stat.S_IFREG: tree.FILE,
+    stat.S_IFDIR: tree.DIR,
+    stat.S_IFLNK: tree.SYMLINK,
+    stat.S_IFIFO: tree.FIFO,
+    stat.S_IFSOCK: tree.SOCKET,
+    stat.S_IFCHR: tree.CHARDEV,
+    stat.S_IFBLK: tree.BLOCKDEV,
+}
+
 
 def node_type(st: os.stat_result) -> str | None:
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
-        return tree.FILE
-    if stat.S_ISDIR(mode):
-        return tree.DIR
-    if stat.S_ISLNK(mode):
-        return tree.SYMLINK
-    if stat.S_ISFIFO(mode):
-        return tree.FIFO
-    if stat.S_ISSOCK(mode):
-        return tree.SOCKET
-    if stat.S_ISCHR(mode):
-        return tree.CHARDEV
-    if stat.S_ISBLK(mode):
-        return tree.BLOCKDEV
-    return None
+    return KINDS.get(stat.S_IFMT(st.st_mode))
 
 
 def node_from_stat(name: str, kind: str, st: os.stat_result) -> tree.Node:
@@ -45,19 +40,6 @@ def node_from_stat(name: str, kind: str, st: os.stat_result) -> tree.Node:
     elif kind in (tree.CHARDEV, tree.BLOCKDEV):
         node.device = getattr(st, "st_rdev", 0)
     return node
-
-
-def stat_key(kind: str, st: os.stat_result) -> tuple[int, ...]:
-    """What must be equal for an entry to count as unchanged since the last backup."""
-    return (
-        st.st_mode,
-        st.st_size if kind == tree.FILE else 0,
-        st.st_mtime_ns,
-        st.st_ctime_ns,
-        st.st_ino,
-        getattr(st, "st_uid", 0),
-        getattr(st, "st_gid", 0),
-    )
 
 
 def same_file(node: tree.Node, kind: str, st: os.stat_result) -> bool:
