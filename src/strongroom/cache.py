@@ -155,12 +155,15 @@ class LocalCache:
             out[cid] = ContentRef(blob_id, offset, length)
         return out
 
-    def add_small(self, entries: list[tuple[bytes, ContentRef]]) -> None:
-        if not entries:
+    @staticmethod
+    def small_record(cid: bytes, blob_id: bytes, offset: int, length: int) -> bytes:
+        return _SMALL_RECORD.pack(cid, blob_id, offset, length)
+
+    def add_small(self, data: bytes) -> None:
+        """Append packed records (see small_record). Entries whose bundle never reached the
+        repository are harmless: lookups keep only blobs the repository has."""
+        if not data:
             return
-        data = b"".join(
-            _SMALL_RECORD.pack(cid, r.blob_id, r.offset, r.length) for cid, r in entries
-        )
         with self._lock, open(self._small_path, "ab") as fh:
             # Align first: a record torn by a crash must not shift every later record.
             misaligned = fh.tell() % _SMALL_RECORD.size

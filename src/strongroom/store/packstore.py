@@ -33,7 +33,7 @@ from ..crypto import content_checksum
 from ..errors import IntegrityError, RepositoryError
 from .lock import WriterLock
 
-PACK_TARGET_SIZE = 16 * 1024 * 1024
+PACK_TARGET_SIZE = 8 * 1024 * 1024
 _WRITE_QUEUE_DEPTH = 1  # packs waiting for disk: bounds memory at ~3 x PACK_TARGET_SIZE
 _SCHEMA_VERSION = 1
 
