@@ -14,8 +14,10 @@ snapshot references is durable.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import getpass
+import importlib.machinery
 import io
 import marshal
 import multiprocessing
@@ -27,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -99,6 +101,22 @@ _PROCESS_AFTER = 16  # batches read in threads before worker processes are worth
 
 def _processes_allowed() -> bool:
     return not os.environ.get("STRONGROOM_NO_PROCESSES")
+
+
+@contextlib.contextmanager
+def _workers_skip_main() -> Iterator[None]:
+    """Workers are started by `submit`. With the spawn method a new worker re-imports the
+    program's main module (the CLI, ~16 MiB it does not need); a main module that names itself
+    `__main__` is skipped, so pretend to be one while submitting."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
+    try:
+        yield
+    finally:
+        main.__spec__ = None
 
 
 @dataclass
@@ -518,7 +536,8 @@ class Archiver:
         if self._batches == _PROCESS_AFTER and self.workers > 1 and _processes_allowed():
             self._start_processes()
         if self._procs is not None:
-            done = self._procs.submit(read_batch_in_process, items)
+            with _workers_skip_main():
+                done = self._procs.submit(read_batch_in_process, items)
             done.add_done_callback(lambda f: self._absorb(f, batch, future))
         else:
             assert self._pool is not None
