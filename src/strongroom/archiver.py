@@ -148,6 +148,7 @@ class _DirJob:
         default_factory=list
     )
     no_cache: bool = False  # something in it could not be read: do not trust it next time
+    checked: int = 0  # pending files known to be done
     nfiles: int = 0
     tree_id: bytes | None = None
     refs: frozenset[bytes] = frozenset()
@@ -753,8 +754,14 @@ class Archiver:
     def _finalize_ready(self, *, final: bool) -> None:
         while self._ready:
             job = self._ready[0]
-            if not final and not all(_done(p) for p in job.pending):
-                return
+            if not final:
+                # Resume where the last check stopped: the head folder is re-checked after
+                # every folder the walk finishes, and its files complete in order.
+                pending = job.pending
+                while job.checked < len(pending) and pending[job.checked].future.done():
+                    job.checked += 1
+                if job.checked < len(pending):
+                    return
             self._ready.popleft()
             self._finalize(job)
 
@@ -863,10 +870,6 @@ class _Limited:
 
 def _entry_name(entry: os.DirEntry[str]) -> str:
     return entry.name
-
-
-def _done(p: _Pending) -> bool:
-    return p.future.done()
 
 
 def _username() -> str:

@@ -278,7 +278,10 @@ class Restorer:
                 os.fchown(fd, node.uid, node.gid)
             if hasattr(os, "fchmod"):
                 os.fchmod(fd, node.mode)
-            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+            if os.utime in os.supports_fd:
+                os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+            else:  # Windows: by path (the file was created by us, with O_NOFOLLOW semantics)
+                os.utime(job.path, ns=(node.mtime_ns, node.mtime_ns))
         except OSError as exc:
             self._warn(f"{job.path}: cannot restore metadata ({exc.strerror})")
         finally:
