@@ -96,7 +96,20 @@ _BatchFuture = Future[list[_FileResult]]
 _BATCH_FILES = 64  # small files per worker task: fewer futures, less GIL ping-pong
 _BATCH_BYTES = 4 * 1024 * 1024
 _MAX_OUTSTANDING = 16  # batches submitted but not yet read
+# A file modified after this backup began (or within one timestamp tick before it) could be
+# written again within the same tick without its size or times changing: re-read it next time.
+# 50 ms covers the coarse clocks of ext4, XFS, btrfs, APFS and NTFS (FAT's 2 s is not covered).
+_RACY_WINDOW_NS = 50_000_000
 _PROCESS_AFTER = 16  # batches read in threads before worker processes are worth starting
+
+
+def _same_but_ctime(old: Node, st: os.stat_result) -> bool:
+    return (
+        old.size == st.st_size
+        and old.mtime_ns == st.st_mtime_ns
+        and old.inode == st.st_ino
+        and old.mode == stat.S_IMODE(st.st_mode)
+    )
 
 
 def _processes_allowed() -> bool:
@@ -187,6 +200,7 @@ class Archiver:
         self._cache_loaded: dict[str, CachedDir] | None = None
         self._small_map: dict[bytes, Ref] | None = None
         self._batches = 0
+        self._racy_after = 0
         self._procs: ProcessPoolExecutor | None = None
         self._readers = threading.local()
         self._ready: deque[_DirJob] = deque()
@@ -212,6 +226,7 @@ class Archiver:
         host: str | None = None,
     ) -> BackupResult:
         started = time.monotonic()
+        self._racy_after = time.time_ns() - _RACY_WINDOW_NS
         # The walk creates ~10 objects per file and frees few; the default thresholds would make
         # the cyclic GC rescan them over and over (a third of the CPU time on the Linux tree).
         # Rare collections keep that cost small while still freeing cycles.
@@ -502,6 +517,8 @@ class Archiver:
             self.progress(1, st.st_size)
             return
         change = "unchanged" if unchanged else ("modified" if old is not None else "added")
+        if old is not None and old.ctime_ns == 0 and _same_but_ctime(old, st):
+            change = "unchanged"  # only re-read because it was racy or changing last time
         if st.st_nlink > 1:
             shared = self._inodes.get((st.st_dev, st.st_ino))
             if shared is not None:  # another name of a file we are already reading
@@ -774,7 +791,12 @@ class Archiver:
                 assert res is not None
                 p.node.content = res
                 self._count(p.change)
-                if p.node.ctime_ns == 0:  # changed while being read (see _changed_while_read)
+                if p.node.mtime_ns >= self._racy_after:
+                    # Modified within the timestamp resolution of this backup: a later write
+                    # in the same tick would leave size and times unchanged, so do not trust
+                    # this file's metadata next time (git's "racy clean" problem).
+                    p.node.ctime_ns = 0
+                if p.node.ctime_ns == 0:  # changed while being read, or racy
                     job.no_cache = True
             except _FileSkipped as exc:
                 self._warn(str(exc))
