@@ -669,10 +669,13 @@ class Archiver:
         return nodes
 
     def _load_tree(self, tree_id: bytes) -> list[Node]:
+        return tree.decode_tree(self._load_tree_raw(tree_id))
+
+    def _load_tree_raw(self, tree_id: bytes) -> bytes:
         codec = self.repo.codecs.get()
         for bid, stored in self.repo.read_blobs([tree_id]):
-            return tree.decode_tree(codec.decode(bid, stored))
-        return []
+            return codec.decode(bid, stored)
+        raise StrongroomError(f"tree {tree_id.hex()[:16]} is missing")
 
     def _count_files(self, old: Node, parent_path: str, name: str) -> int:
         cached = self._dircache.get(os.path.join(parent_path, name) if parent_path else name)
@@ -815,6 +818,8 @@ class Archiver:
         cached = job.cached
         if job.files_unchanged and cached is not None and cached.full_sig == full_sig:
             job.tree_id, job.refs = cached.tree_id, cached.refs
+        elif job.files_unchanged and cached is not None and self._repatch(job, cached, subtrees):
+            pass  # only subfolders changed: the old tree with new subtree IDs
         else:
             if job.files_unchanged:
                 self._nodes_from_old(job)
@@ -830,6 +835,7 @@ class Archiver:
             for n in job.nodes:
                 refs.update(r.blob_id for r in n.content)
             job.tree_id, job.refs = tree_id, frozenset(refs)
+        assert job.tree_id is not None
         if job.no_cache:
             # Re-examine this folder next time (a file was unreadable or changing).
             self._new_dircache.pop(job.path, None)
@@ -845,6 +851,27 @@ class Archiver:
         job.pending = []
         job.children = []
         job.child_dirs = []
+
+    def _repatch(self, job: _DirJob, cached: CachedDir, subtrees: dict[str, bytes]) -> bool:
+        """A folder whose own entries are unchanged but some subfolders changed: rewrite only
+        the subtree IDs in its old tree, without building nodes (the common case for the
+        folders above a changed file). False if the old tree does not fit; the caller then
+        rebuilds the folder from nodes."""
+        try:
+            raw = self._load_tree_raw(cached.tree_id)
+            new_raw = tree.replace_subtrees(raw, subtrees)
+        except StrongroomError:
+            return False
+        if new_raw is None:
+            return False
+        tree_id = self._hasher(new_raw)
+        if self._claim(tree_id):
+            self.repo.add_blob(
+                tree_id, BlobType.TREE, self.repo.codecs.get().encode(tree_id, new_raw)
+            )
+        job.tree_id = tree_id
+        job.refs = (cached.refs - {cached.tree_id}) | {tree_id}
+        return True
 
     def _nodes_from_old(self, job: _DirJob) -> None:
         """Build the nodes of an unchanged folder whose subfolders changed."""

@@ -144,6 +144,28 @@ def encode_tree(nodes: list[Node]) -> bytes:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
+def replace_subtrees(raw: bytes, subtrees: dict[str, bytes]) -> bytes | None:
+    """The same tree with new subtree IDs for its folders, encoded exactly as encode_tree would.
+
+    Returns None unless the tree's folders are exactly the names in `subtrees`. The key order of
+    the decoded objects is the canonical one, so re-encoding them stays canonical.
+    """
+    try:
+        doc = json.loads(raw)
+        entries = doc["entries"]
+        dirs = [e for e in entries if e.get("type") == DIR]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise IntegrityError("tree blob is malformed") from None
+    if len(dirs) != len(subtrees) or doc.get("v") != TREE_VERSION:
+        return None
+    for e in dirs:
+        new = subtrees.get(e.get("name"))
+        if new is None:
+            return None
+        e["subtree"] = new.hex()
+    return _ENCODER.encode(doc).encode()
+
+
 def decode_tree(raw: bytes) -> list[Node]:
     try:
         doc = json.loads(raw)
