@@ -388,20 +388,24 @@ class Archiver:
             self._warn(f"{path}: cannot read folder ({exc.strerror}); stored as empty")
             return items, False
         entries.sort(key=_entry_name)  # any fixed order will do; trees sort by bytes themselves
+        # This loop runs once per file on every backup: locals instead of attribute lookups.
+        excluded = self.excludes.excluded if self.excludes else None
+        kind_of = KINDS.get
+        append = items.append
         for entry in entries:
             full = entry.path
-            if self.excludes and self.excludes.excluded(full):
+            if excluded is not None and excluded(full):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as exc:
                 self._warn(f"{full}: cannot stat ({exc.strerror}); skipped")
                 continue
-            kind = KINDS.get(stat.S_IFMT(st.st_mode))
+            kind = kind_of(st.st_mode & 0o170000)
             if kind is None:
                 self._warn(f"{full}: unknown file type; skipped")
                 continue
-            items.append((entry.name, full, kind, st))
+            append((entry.name, full, kind, st))
         return items, True
 
     def _enter(
@@ -412,19 +416,11 @@ class Archiver:
     ) -> _DirJob:
         self._dirs += 1
         job = _DirJob(path=path, old_tree=old_tree, items=items)
+        # uid, gid and mode changes also change ctime, so these fields cover them.
         job.own_sig = blake3.blake3(
             marshal.dumps(
                 [
-                    (
-                        n,
-                        s.st_mode,
-                        s.st_size,
-                        s.st_mtime_ns,
-                        s.st_ctime_ns,
-                        s.st_ino,
-                        s.st_uid,
-                        s.st_gid,
-                    )
+                    (n, s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
                     for n, _f, _k, s in items
                 ]
             )
