@@ -784,3 +784,59 @@ def test_create_is_all_or_nothing(tmp_path: Path) -> None:
     (other / "notes.txt").write_text("not ours")
     with pytest.raises(RepositoryError, match="not empty"):
         PackStore.create(other)
+
+
+# ---- 5. kill -9 during passwd and restore -----------------------------------------------------
+
+
+def test_kill_during_passwd_leaves_one_working_password(empty_repo: Path, tmp_path: Path) -> None:
+    """The key file is replaced in one transaction: after a kill, exactly the old or the new
+    password opens the repository, never neither."""
+    rng = random.Random(SEED + 5)
+    cli = _fresh_cli(tmp_path, empty_repo)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_bytes(b"precious")
+    cli.backup(src)
+    current = cli.env["STRONGROOM_PASSWORD"]
+    for i in range(10):
+        new = f"new password {i}"
+        pw_file = tmp_path / f"pw{i}"
+        pw_file.write_text(new)
+        cli.env["STRONGROOM_PASSWORD"] = current
+        # Argon2id runs twice (old and new password): spread kills over that whole span.
+        run = run_killed(
+            cli, "passwd", "--new-password-file", str(pw_file), after_start=rng.uniform(0.0, 1.2)
+        )
+        opens = []
+        for candidate in (current, new):
+            res = cli.run(
+                "snapshots", "--json", env={"STRONGROOM_PASSWORD": candidate}, check=False
+            )
+            assert "Traceback" not in res.stderr
+            opens.append(res.returncode == 0)
+        assert opens.count(True) == 1, (run.describe(), opens)
+        if opens[1]:
+            assert run.killed or run.completed, run.describe()
+            current = new
+    cli.env["STRONGROOM_PASSWORD"] = current
+    check_ok(cli, context="after passwd kills")
+
+
+def test_kill_during_restore_then_restore_again(reference: Reference, tmp_path: Path) -> None:
+    """Restore writes only into its target; an interrupted restore run again completes it."""
+    cli = reference.cli
+    target = tmp_path / "target"
+    rng = random.Random(SEED + 6)
+    for _ in range(3):
+        run = run_killed(
+            cli,
+            "restore",
+            "latest",
+            "--target",
+            str(target),
+            after_start=rng.uniform(0.3, max(0.4, reference.total_s)),
+        )
+        assert run.killed or run.completed, run.describe()
+    cli.restore(target)
+    assert tree_state(target / "src") == tree_state(reference.source.path)

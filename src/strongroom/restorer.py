@@ -232,10 +232,25 @@ class Restorer:
             raise exc
         for src, dst in links:
             try:
-                os.link(src, dst, follow_symlinks=False)
+                self._link(src, dst)
                 self.result.files += 1
             except OSError as exc:
                 self._warn(f"{dst}: cannot create hard link ({exc.strerror})")
+
+    @staticmethod
+    def _link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except FileExistsError:
+            # Restoring again into the same target: keep a correct link, replace a file or
+            # link left by an interrupted run (never a folder, never following anything).
+            st, src_st = os.lstat(dst), os.lstat(src)
+            if (st.st_dev, st.st_ino) == (src_st.st_dev, src_st.st_ino):
+                return
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                raise
+            os.unlink(dst)
+            os.link(src, dst, follow_symlinks=False)
 
     def _create_file(self, job: _FileJob) -> None:
         try:
@@ -303,22 +318,43 @@ class Restorer:
                         f"{path}: socket not restored (sockets are recreated by their program)"
                     )
                     continue
-                if node.type == tree.SYMLINK:
-                    assert node.target is not None
-                    os.symlink(node.target, path)
-                elif node.type == tree.FIFO and hasattr(os, "mkfifo"):
-                    os.mkfifo(path, node.mode)
-                elif node.type in (tree.CHARDEV, tree.BLOCKDEV) and self._root_uid:
-                    kind = stat.S_IFCHR if node.type == tree.CHARDEV else stat.S_IFBLK
-                    os.mknod(path, node.mode | kind, node.device)
-                else:
+                if not self._make_special(path, node):
                     self._warn(f"{path}: {node.type} not restored (not supported here)")
+                    continue
+            except FileExistsError:
+                # A restore into a target that already holds this entry (an interrupted
+                # restore run again): replace a link or FIFO, never anything else.
+                if not self._replace_special(path, node):
+                    self._warn(f"{path}: exists and is not a link or FIFO; not replaced")
                     continue
             except OSError as exc:
                 self._warn(f"{path}: cannot create {node.type} ({exc.strerror})")
                 continue
             self._set_link_meta(path, node)
             self.result.files += 1
+
+    def _make_special(self, path: str, node: Node) -> bool:
+        if node.type == tree.SYMLINK:
+            assert node.target is not None
+            os.symlink(node.target, path)
+        elif node.type == tree.FIFO and hasattr(os, "mkfifo"):
+            os.mkfifo(path, node.mode)
+        elif node.type in (tree.CHARDEV, tree.BLOCKDEV) and self._root_uid:
+            kind = stat.S_IFCHR if node.type == tree.CHARDEV else stat.S_IFBLK
+            os.mknod(path, node.mode | kind, node.device)
+        else:
+            return False
+        return True
+
+    def _replace_special(self, path: str, node: Node) -> bool:
+        try:
+            st = os.lstat(path)
+            if not (stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+                return False
+            os.unlink(path)  # removes the link itself, never what it points to
+            return self._make_special(path, node)
+        except OSError:
+            return False
 
     def _set_link_meta(self, path: str, node: Node) -> None:
         try:
