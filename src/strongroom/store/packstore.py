@@ -34,7 +34,7 @@ from ..errors import IntegrityError, RepositoryError
 from .lock import WriterLock
 
 PACK_TARGET_SIZE = 8 * 1024 * 1024
-_WRITE_QUEUE_DEPTH = 1  # packs waiting for disk: bounds memory at ~3 x PACK_TARGET_SIZE
+_WRITE_QUEUE_DEPTH = 1  # packs waiting for disk: memory stays under ~3 x PACK_TARGET_SIZE
 _SCHEMA_VERSION = 1
 
 _SCHEMA = """
