@@ -37,6 +37,7 @@ import blake3
 
 from . import tree
 from .blobs import BlobType
+from .browse import load_tree, load_tree_raw
 from .bundler import SMALL_FILE_LIMIT
 from .cache import CachedDir, LocalCache
 from .chunker import Chunker
@@ -658,20 +659,11 @@ class Archiver:
         if tree_id is None:
             return {}
         try:
-            nodes = {n.name: n for n in self._load_tree(tree_id)}
+            nodes = {n.name: n for n in load_tree(self.repo, tree_id)}
         except StrongroomError as exc:
             self._warn(f"parent snapshot tree unreadable ({exc}); treating files as new")
             return {}
         return nodes
-
-    def _load_tree(self, tree_id: bytes) -> list[Node]:
-        return tree.decode_tree(self._load_tree_raw(tree_id))
-
-    def _load_tree_raw(self, tree_id: bytes) -> bytes:
-        codec = self.repo.codecs.get()
-        for bid, stored in self.repo.read_blobs([tree_id]):
-            return codec.decode(bid, stored)
-        raise StrongroomError(f"tree {tree_id.hex()[:16]} is missing")
 
     def _count_files(self, old: Node, parent_path: str, name: str) -> int:
         cached = self._dircache.get(os.path.join(parent_path, name) if parent_path else name)
@@ -684,7 +676,7 @@ class Archiver:
             if tid is None:
                 continue
             try:
-                nodes = self._load_tree(tid)
+                nodes = load_tree(self.repo, tid)
             except StrongroomError:
                 continue
             for n in nodes:
@@ -854,7 +846,7 @@ class Archiver:
         folders above a changed file). False if the old tree does not fit; the caller then
         rebuilds the folder from nodes."""
         try:
-            raw = self._load_tree_raw(cached.tree_id)
+            raw = load_tree_raw(self.repo, cached.tree_id)
             new_raw = tree.replace_subtrees(raw, subtrees)
         except StrongroomError:
             return False

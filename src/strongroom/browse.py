@@ -12,11 +12,16 @@ from .repository import Repository
 from .tree import Node
 
 
-def load_tree(repo: Repository, tree_id: bytes) -> list[Node]:
+def load_tree_raw(repo: Repository, tree_id: bytes) -> bytes:
+    """A tree blob's verified plaintext."""
     codec = repo.codecs.get()
     for bid, stored in repo.read_blobs([tree_id]):
-        return tree.decode_tree(codec.decode(bid, stored))
+        return codec.decode(bid, stored)
     raise StrongroomError(f"tree {tree_id.hex()[:16]} is missing")
+
+
+def load_tree(repo: Repository, tree_id: bytes) -> list[Node]:
+    return tree.decode_tree(load_tree_raw(repo, tree_id))
 
 
 def walk(repo: Repository, tree_id: bytes, prefix: str = "") -> Iterator[tuple[str, Node]]:

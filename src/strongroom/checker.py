@@ -7,10 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import tree
+from .blobs import BlobCodec
 from .errors import StrongroomError
 from .repository import LocalRepository
 from .snapshot import Snapshot, open_snapshot
-from .store import BlobLocation
+from .store import BlobLocation, PackStore
 
 
 @dataclass
@@ -51,17 +52,16 @@ def check(
 
     if read_data:
         codec = repo.codecs.get()
-        for pack in sorted({loc.pack for loc in index.values()}):
-            locs = sorted((x for x in index.values() if x.pack == pack), key=lambda x: x.offset)
-            for loc in locs:
-                if not _verify_blob(store, codec, loc):
-                    report.damaged_blobs.add(loc.blob_id)
-                    report.errors.append(
-                        f"blob {loc.blob_id.hex()[:16]} in pack {pack[:16]} is damaged"
-                    )
-                report.blobs_read += 1
-                if progress is not None:
-                    progress(loc.length)
+        # iter_index yields in (pack, offset) order: each pack is read front to back.
+        for loc in index.values():
+            if not _verify_blob(store, codec, loc):
+                report.damaged_blobs.add(loc.blob_id)
+                report.errors.append(
+                    f"blob {loc.blob_id.hex()[:16]} in pack {loc.pack[:16]} is damaged"
+                )
+            report.blobs_read += 1
+            if progress is not None:
+                progress(loc.length)
 
     snapshots: list[Snapshot] = []
     for row in snapshot_rows:
@@ -86,11 +86,7 @@ def check(
     return report
 
 
-def _verify_blob(store: object, codec: object, loc: BlobLocation) -> bool:
-    from .blobs import BlobCodec
-    from .store import PackStore
-
-    assert isinstance(store, PackStore) and isinstance(codec, BlobCodec)
+def _verify_blob(store: PackStore, codec: BlobCodec, loc: BlobLocation) -> bool:
     try:
         for bid, data in store.read_locations([loc]):
             codec.decode(bid, data)
