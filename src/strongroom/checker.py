@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import tree
 from .blobs import BlobCodec
-from .errors import StrongroomError
-from .repository import LocalRepository
+from .errors import IntegrityError, StrongroomError
+from .repository import Repository
 from .snapshot import Snapshot, open_snapshot
-from .store import BlobLocation, PackStore
 
 
 @dataclass
@@ -29,39 +27,28 @@ class CheckReport:
 
 
 def check(
-    repo: LocalRepository, *, read_data: bool, progress: Callable[[int], None] | None = None
+    repo: Repository, *, read_data: bool, progress: Callable[[int], None] | None = None
 ) -> CheckReport:
+    """Works the same on a local repository and on a server (where the storage checks run on
+    the server and --read-data streams every blob here to be decrypted and verified)."""
     report = CheckReport()
-    store = repo.store
     aead = repo.keys.aead()
     # Snapshots first: one committed after this point references only blobs indexed before its
     # commit, so reading the index second never makes a concurrent backup look damaged.
-    snapshot_rows = store.list_snapshots()
-    index = {loc.blob_id: loc for loc in store.iter_index()}
-    packs = store.packs()
-
-    for name, size in packs.items():
-        path = store.pack_path(name)
-        try:
-            actual = os.stat(path).st_size
-        except FileNotFoundError:
-            report.errors.append(f"pack {name[:16]} is missing")
-            continue
-        if actual != size:
-            report.errors.append(f"pack {name[:16]} has size {actual}, index says {size}")
+    snapshot_rows = repo.snapshot_rows()
+    index = repo.known_blob_ids()
+    report.errors.extend(repo.storage_problems())
 
     if read_data:
         codec = repo.codecs.get()
-        # iter_index yields in (pack, offset) order: each pack is read front to back.
-        for loc in index.values():
-            if not _verify_blob(store, codec, loc):
-                report.damaged_blobs.add(loc.blob_id)
-                report.errors.append(
-                    f"blob {loc.blob_id.hex()[:16]} in pack {loc.pack[:16]} is damaged"
-                )
+        # Blobs arrive in storage order: each pack is read front to back.
+        for bid, intact, data in repo.iter_all_blobs():
+            if not intact or not _decodes(codec, bid, data):
+                report.damaged_blobs.add(bid)
+                report.errors.append(f"blob {bid.hex()[:16]} is damaged")
             report.blobs_read += 1
             if progress is not None:
-                progress(loc.length)
+                progress(len(data))
 
     snapshots: list[Snapshot] = []
     for row in snapshot_rows:
@@ -74,7 +61,7 @@ def check(
     seen_trees: dict[bytes, tuple[set[bytes], list[bytes]]] = {}
     for snap in snapshots:
         referenced = _referenced(repo, bytes.fromhex(snap.tree), index, seen_trees, report, snap)
-        manifest = store.snapshot_manifest(snap.id)
+        manifest = repo.snapshot_manifest(snap.id)
         missing = referenced - manifest
         if missing:
             report.errors.append(
@@ -86,19 +73,18 @@ def check(
     return report
 
 
-def _verify_blob(store: PackStore, codec: BlobCodec, loc: BlobLocation) -> bool:
+def _decodes(codec: BlobCodec, blob_id: bytes, data: bytes) -> bool:
     try:
-        for bid, data in store.read_locations([loc]):
-            codec.decode(bid, data)
-    except (StrongroomError, OSError):
+        codec.decode(blob_id, data)
+    except StrongroomError:
         return False
     return True
 
 
 def _referenced(
-    repo: LocalRepository,
+    repo: Repository,
     root: bytes,
-    index: dict[bytes, BlobLocation],
+    index: set[bytes],
     seen: dict[bytes, tuple[set[bytes], list[bytes]]],
     report: CheckReport,
     snap: Snapshot,
@@ -118,12 +104,11 @@ def _referenced(
         children: set[bytes] = set()
         subs: list[bytes] = []
         seen[tid] = (children, subs)
-        loc = index.get(tid)
-        if loc is None:
+        if tid not in index:
             report.errors.append(f"snapshot {snap.short_id}: tree {tid.hex()[:16]} is missing")
             continue
         try:
-            nodes = tree.decode_tree(codec.decode(tid, repo.store.read_blob(tid)))
+            nodes = tree.decode_tree(codec.decode(tid, _read_one(repo, tid)))
         except StrongroomError as exc:
             report.errors.append(f"snapshot {snap.short_id}: {exc}")
             report.damaged_blobs.add(tid)
@@ -140,3 +125,9 @@ def _referenced(
                 stack.append(node.subtree)
         out |= children
     return out
+
+
+def _read_one(repo: Repository, blob_id: bytes) -> bytes:
+    for _bid, data in repo.read_blobs([blob_id]):
+        return data
+    raise IntegrityError(f"blob {blob_id.hex()[:16]} is missing from the repository")

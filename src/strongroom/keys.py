@@ -130,14 +130,23 @@ def create_keyfile(password: bytes, keys: RepoKeys, kdf: crypto.KdfParams | None
     params = kdf or crypto.KdfParams()
     salt = os.urandom(16)
     pk = crypto.split_master(crypto.derive_master(password, salt, params))
+    return wrap(keys, salt, params, pk)
+
+
+def wrap(keys: RepoKeys, salt: bytes, params: crypto.KdfParams, pk: crypto.PasswordKeys) -> KeyFile:
     wrapped = crypto.seal(pk.kek, keys.to_bytes(), _WRAP_AAD)
     return KeyFile(salt=salt, kdf=params, wrapped=wrapped, auth_hash=auth_hash(pk.auth_key))
 
 
 def unlock(keyfile: KeyFile, password: bytes) -> RepoKeys:
     pk = crypto.split_master(crypto.derive_master(password, keyfile.salt, keyfile.kdf))
+    return unwrap(keyfile, pk.kek)
+
+
+def unwrap(keyfile: KeyFile, kek: bytes) -> RepoKeys:
+    """Open the wrapped keys with a KEK already derived (e.g. during a server login)."""
     try:
-        raw = crypto.unseal(pk.kek, keyfile.wrapped, _WRAP_AAD, "key file")
+        raw = crypto.unseal(kek, keyfile.wrapped, _WRAP_AAD, "key file")
     except IntegrityError:
         raise WrongPasswordError("wrong password for this repository") from None
     return RepoKeys.from_bytes(raw)

@@ -57,7 +57,7 @@ def seal_snapshot(aead: AESGCM, snap: Snapshot) -> bytes:
 
 
 def open_snapshot(aead: AESGCM, row: SnapshotRow) -> Snapshot:
-    if not _is_snapshot_id(row.snap_id):
+    if not is_snapshot_id(row.snap_id):
         raise IntegrityError(f"snapshot row {row.snap_id[:8]!r} has a malformed ID")
     raw = crypto.unseal(aead, row.record, _aad(row.snap_id), f"snapshot {row.snap_id[:8]}")
     try:
@@ -80,7 +80,7 @@ def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
 
 
-def _is_snapshot_id(text: str) -> bool:
+def is_snapshot_id(text: str) -> bool:
     return isinstance(text, str) and len(text) == 32 and _is_hex(text)
 
 

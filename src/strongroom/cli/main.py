@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
@@ -17,74 +16,20 @@ import click
 # use them: a quick `ls` or `snapshots --json` then starts in about half the time.
 from .. import __version__, crypto, tree
 from ..browse import diff, find_subtree, walk
-from ..errors import EXIT_ERROR, EXIT_PARTIAL, StrongroomError, UsageError
+from ..errors import EXIT_PARTIAL, StrongroomError, UsageError
 from ..excludes import ExcludeError, ExcludeMatcher, read_exclude_file
-from ..repository import LocalRepository, load_snapshots
+from ..repository import LocalRepository, Repository, load_snapshots
 from ..snapshot import Snapshot, resolve
 from . import format as fmt
+from .errors import display as _display
+from .errors import handle_errors as _handle_errors
 from .secrets_input import read_new_password, read_password
+from .target import Where, open_repo, repo_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def repo_options(func: F) -> F:
-    """--repo and --password-file, shared by every command that opens a repository."""
-    func = click.option(
-        "--password-file",
-        type=click.Path(dir_okay=False),
-        help="Read the password from this file (first line).",
-    )(func)
-    func = click.option(
-        "--repo",
-        "-r",
-        envvar="STRONGROOM_REPO",
-        required=True,
-        type=click.Path(file_okay=False),
-        help="Repository folder (env STRONGROOM_REPO).",
-    )(func)
-    return func
-
-
-def handle_errors(func: F) -> F:
-    """One clear line and a meaningful exit code instead of a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except StrongroomError as exc:
-            click.echo(f"strongroom: error: {_display(str(exc))}", err=True)
-            sys.exit(exc.exit_code)
-        except ExcludeError as exc:
-            click.echo(f"strongroom: error: {_display(str(exc))}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("strongroom: interrupted; nothing was committed", err=True)
-            sys.exit(130)
-        except OSError as exc:
-            where = f" ({exc.filename})" if exc.filename else ""
-            click.echo(f"strongroom: error: {_display(f'{exc.strerror or exc}{where}')}", err=True)
-            sys.exit(EXIT_ERROR)
-        except Exception as exc:
-            if os.environ.get("STRONGROOM_DEBUG"):
-                raise
-            click.echo(
-                f"strongroom: internal error: {type(exc).__name__}: {_display(str(exc))} "
-                "(set STRONGROOM_DEBUG=1 for details)",
-                err=True,
-            )
-            sys.exit(EXIT_ERROR)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def open_repo(repo: str, password_file: str | None, *, writer: bool = False) -> LocalRepository:
-    path = Path(repo)
-    if not (path / "index.sqlite").is_file():
-        raise StrongroomError(
-            f"no strongroom repository at {repo} (create one with 'strongroom init')"
-        )
-    return LocalRepository.open(path, read_password(password_file), writer=writer)
+handle_errors = _handle_errors("strongroom", (ExcludeError,))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,7 +39,20 @@ def cli() -> None:
 
 
 @cli.command()
-@repo_options
+@click.option(
+    "--repo",
+    "-r",
+    envvar="STRONGROOM_REPO",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Repository folder to create (env STRONGROOM_REPO). Server accounts are made by the "
+    "server's admin with strongroom-admin.",
+)
+@click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False),
+    help="Read the password from this file (first line).",
+)
 @click.option(
     "--kdf-memory",
     type=click.IntRange(1, 4096),
@@ -113,6 +71,26 @@ def init(repo: str, password_file: str | None, kdf_memory: int, kdf_iterations: 
     r.close()
     click.echo(f"created repository {repo_id[:8]} at {repo}")
     click.echo("Keep the password safe: without it the data cannot be recovered.")
+
+
+def _recorded_folder(r: Repository) -> tuple[str, ...]:
+    """`backup` with no PATH: the folder the admin recorded for this user on the server."""
+    from ..client.remote import RemoteRepository
+
+    if not isinstance(r, RemoteRepository):
+        raise UsageError(
+            "give the folders or files to back up (e.g. strongroom backup ~/Documents)"
+        )
+    if not r.directory:
+        raise UsageError(
+            "no folder is recorded for you on the server: give the folders to back up "
+            "(or ask the admin to set one with 'strongroom-admin user set NAME --directory DIR')"
+        )
+    if not os.path.isdir(r.directory):
+        raise StrongroomError(
+            f"{r.directory}: the folder recorded for you on the server does not exist here"
+        )
+    return (r.directory,)
 
 
 def _parent(snapshots: list[Snapshot], paths: list[str], host: str) -> Snapshot | None:
@@ -140,8 +118,7 @@ def _parent(snapshots: list[Snapshot], paths: list[str], host: str) -> Snapshot 
 @click.option("--no-cache", is_flag=True, help="Do not use or update the local cache.")
 @handle_errors
 def backup(
-    repo: str,
-    password_file: str | None,
+    where: Where,
     paths: tuple[str, ...],
     excludes: tuple[str, ...],
     exclude_files: tuple[str, ...],
@@ -155,21 +132,18 @@ def backup(
     from ..cache import LocalCache
     from .progress import ProgressBar
 
-    if not paths:
-        raise UsageError(
-            "give the folders or files to back up (e.g. strongroom backup ~/Documents)"
-        )
     patterns = list(excludes)
     for f in exclude_files:
         patterns.extend(read_exclude_file(f))
     matcher = ExcludeMatcher(patterns) if patterns else None
-    abs_paths = [os.path.abspath(p) for p in paths]
-    for p, raw in zip(abs_paths, paths, strict=True):
-        if not os.path.lexists(p):
-            raise StrongroomError(f"{raw}: no such file or folder")
     hostname = host or socket.gethostname()
-    r = open_repo(repo, password_file, writer=True)
+    r = open_repo(where, writer=True)
     try:
+        paths = paths or _recorded_folder(r)
+        abs_paths = [os.path.abspath(p) for p in paths]
+        for p, raw in zip(abs_paths, paths, strict=True):
+            if not os.path.lexists(p):
+                raise StrongroomError(f"{raw}: no such file or folder")
         parent = _parent(load_snapshots(r), abs_paths, hostname)
         cache = None if no_cache else LocalCache(r.repo_id, abs_paths)
         with ProgressBar("backup", enabled=None if not as_json else False) as bar:
@@ -234,13 +208,13 @@ def backup(
 @repo_options
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def snapshots(repo: str, password_file: str | None, as_json: bool) -> None:
+def snapshots(where: Where, as_json: bool) -> None:
     """List snapshots, oldest first."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    r = open_repo(repo, password_file)
+    r = open_repo(where)
     try:
         snaps = sorted(load_snapshots(r), key=lambda s: (s.time_ns, s.id))
     finally:
@@ -277,11 +251,9 @@ def snapshots(repo: str, password_file: str | None, as_json: bool) -> None:
 @click.option("--long", "-l", "long_", is_flag=True, help="Show mode, size and time.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @handle_errors
-def ls_cmd(
-    repo: str, password_file: str | None, snapshot: str, path: str, long_: bool, as_json: bool
-) -> None:
+def ls_cmd(where: Where, snapshot: str, path: str, long_: bool, as_json: bool) -> None:
     """List the files in SNAPSHOT (optionally below PATH)."""
-    r = open_repo(repo, password_file)
+    r = open_repo(where)
     try:
         snap = resolve(load_snapshots(r), snapshot)
         base, node, subtree = find_subtree(r, bytes.fromhex(snap.tree), path)
@@ -315,39 +287,14 @@ def ls_cmd(
         r.close()
 
 
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _display(path: str) -> str:
-    """One line per path, whatever the name holds: undecodable bytes (surrogate escapes),
-    control characters and line separators are shown as escapes, so a terminal never receives
-    raw control bytes (a name with ESC or CR could otherwise rewrite the screen)."""
-    if path.isprintable():
-        return path
-    out = []
-    for ch in path:
-        code = ord(ch)
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not valid UTF-8 (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or 0x7F <= code < 0xA0:
-            out.append(f"\\x{code:02x}")
-        elif 0xD800 <= code <= 0xDFFF or code in (0x2028, 0x2029):
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 @cli.command(name="diff")
 @repo_options
 @click.argument("snapshot1")
 @click.argument("snapshot2")
 @handle_errors
-def diff_cmd(repo: str, password_file: str | None, snapshot1: str, snapshot2: str) -> None:
+def diff_cmd(where: Where, snapshot1: str, snapshot2: str) -> None:
     """Show what changed between two snapshots (+ added, - removed, M modified, T type changed)."""
-    r = open_repo(repo, password_file)
+    r = open_repo(where)
     counts = {"+": 0, "-": 0, "M": 0, "T": 0}
     try:
         snaps = load_snapshots(r)
@@ -382,14 +329,12 @@ def diff_cmd(repo: str, password_file: str | None, snapshot1: str, snapshot2: st
     help="Restore only this snapshot path (repeatable).",
 )
 @handle_errors
-def restore(
-    repo: str, password_file: str | None, snapshot: str, target: str, includes: tuple[str, ...]
-) -> None:
+def restore(where: Where, snapshot: str, target: str, includes: tuple[str, ...]) -> None:
     """Restore SNAPSHOT (an ID prefix or 'latest') into --target."""
     from ..restorer import Restorer
     from .progress import ProgressBar
 
-    r = open_repo(repo, password_file)
+    r = open_repo(where)
     try:
         snap = resolve(load_snapshots(r), snapshot)
         with ProgressBar("restore") as bar:
@@ -416,9 +361,9 @@ def restore(
 @repo_options
 @click.argument("snapshot_ids", nargs=-1, required=True)
 @handle_errors
-def forget(repo: str, password_file: str | None, snapshot_ids: tuple[str, ...]) -> None:
+def forget(where: Where, snapshot_ids: tuple[str, ...]) -> None:
     """Remove snapshots by ID (their data is reclaimed by a later prune)."""
-    r = open_repo(repo, password_file, writer=True)
+    r = open_repo(where, writer=True)
     try:
         snaps = load_snapshots(r)
         # All names are resolved before anything is removed; "latest 1a2b" may name one twice.
@@ -434,11 +379,11 @@ def forget(repo: str, password_file: str | None, snapshot_ids: tuple[str, ...]) 
 @repo_options
 @click.option("--read-data", is_flag=True, help="Also read and verify every stored blob.")
 @handle_errors
-def check_cmd(repo: str, password_file: str | None, read_data: bool) -> None:
+def check_cmd(where: Where, read_data: bool) -> None:
     """Verify the repository's structure (and with --read-data, all its data)."""
     from ..checker import check
 
-    r = open_repo(repo, password_file)
+    r = open_repo(where)
     try:
         report = check(r, read_data=read_data)
     finally:
@@ -464,16 +409,67 @@ def check_cmd(repo: str, password_file: str | None, read_data: bool) -> None:
     type=click.Path(dir_okay=False),
     help="Read the new password from a file.",
 )
+@click.option(
+    "--old-password-file",
+    type=click.Path(dir_okay=False),
+    help="After an admin reset: your previous password, which locks your existing backups.",
+)
 @handle_errors
-def passwd(repo: str, password_file: str | None, new_password_file: str | None) -> None:
-    """Change the repository password (re-wraps the keys; data is not rewritten)."""
-    r = open_repo(repo, password_file, writer=True)
+def passwd(where: Where, new_password_file: str | None, old_password_file: str | None) -> None:
+    """Change your password (re-wraps the keys; data is not rewritten)."""
+    changed: list[bool] = []
+
+    def new_password() -> bytes:
+        changed.append(True)
+        return read_new_password(new_password_file)
+
+    old = (lambda: read_password(old_password_file)) if old_password_file else None
+    r = open_repo(where, writer=True, new_password=new_password, old_password=old)
     try:
-        new = read_new_password(new_password_file)
-        r.change_password(new)
+        if not changed:  # not already done by a login that required it
+            r.change_password(new_password())
     finally:
         r.close()
     click.echo("password changed")
+
+
+@cli.command()
+@click.option("--server", "-s", envvar="STRONGROOM_SERVER", help="Server HOST:PORT.")
+@click.option("--user", "-u", envvar="STRONGROOM_USER", help="User name on the server.")
+@click.option("--fingerprint", envvar="STRONGROOM_FINGERPRINT", help="Expected fingerprint.")
+@click.option("--ca-file", envvar="STRONGROOM_CA_FILE", type=click.Path(dir_okay=False))
+@click.option("--password-file", type=click.Path(dir_okay=False))
+@handle_errors
+def login(
+    server: str | None,
+    user: str | None,
+    fingerprint: str | None,
+    ca_file: str | None,
+    password_file: str | None,
+) -> None:
+    """Log in to a server once: pins its certificate and remembers server and user."""
+    from .target import connect
+
+    if server is None and sys.stdin.isatty():
+        server = click.prompt("Server (host:port)")
+    if user is None and sys.stdin.isatty():
+        user = click.prompt("User name")
+    if not server or not user:
+        raise UsageError("give --server HOST:PORT and --user NAME (or run on a terminal)")
+    where = Where(
+        server=server,
+        user=user,
+        fingerprint=fingerprint,
+        ca_file=ca_file,
+        password_file=password_file,
+    )
+    r = connect(where, remember=True)
+    try:
+        n = len(r.snapshot_rows())
+        folder = r.directory or "(none recorded)"
+    finally:
+        r.close()
+    click.echo(f"logged in as {user} at {server}; {n} snapshot(s); your folder: {folder}")
 
 
 def main() -> None:

@@ -220,6 +220,11 @@ class PackStore:
             self._enqueue(full)
         return True
 
+    def buffered_bytes(self) -> int:
+        """Bytes added but not yet handed to the pack writer."""
+        with self._buf_lock:
+            return self._current.size
+
     def flush(self) -> None:
         """Write out everything added so far and wait until it is durable and indexed."""
         with self._buf_lock:
@@ -405,6 +410,29 @@ class PackStore:
             ).fetchall()
         for r in rows:
             yield BlobLocation(bytes(r[0]), r[1], r[2], r[3], r[4], bytes(r[5]))
+
+    def iter_verified(self) -> Iterator[tuple[bytes, bool, bytes]]:
+        """Every indexed blob in storage order as (id, intact, bytes); a blob whose checksum
+        fails (or whose pack is gone) is reported as not intact instead of ending the walk."""
+        for loc in self.iter_index():
+            try:
+                for bid, data in self.read_locations([loc]):
+                    yield bid, True, data
+            except (IntegrityError, OSError):
+                yield loc.blob_id, False, b""
+
+    def storage_problems(self) -> list[str]:
+        """Packs the index lists that are missing or have the wrong size."""
+        problems = []
+        for name, size in self.packs().items():
+            try:
+                actual = os.stat(self.pack_path(name)).st_size
+            except FileNotFoundError:
+                problems.append(f"pack {name[:16]} is missing")
+                continue
+            if actual != size:
+                problems.append(f"pack {name[:16]} has size {actual}, index says {size}")
+        return problems
 
     def packs(self) -> dict[str, int]:
         with self._db_lock:

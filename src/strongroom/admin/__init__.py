@@ -1,0 +1,1 @@
+"""strongroom-admin: manage the users in a server's data folder."""

@@ -1,0 +1,323 @@
+"""`strongroom-admin`: add, list, change and delete the users of a server's data folder.
+
+Every command works on the database directly (no cache), so a running server sees the change
+at the user's next login or request. Passwords come from a hidden prompt or standard input,
+never from the command line.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from .. import __version__
+from ..cli import format as fmt
+from ..errors import EXIT_ERROR, StrongroomError, UsageError
+from ..server.accounts import add_user, login_material
+from ..server.config import DEFAULT_DATA_DIR, default_kdf
+from ..server.datadir import DataDir
+from ..server.userdb import (
+    User,
+    UserDB,
+    parse_quota,
+    validate_directory,
+    validate_username,
+)
+from . import menu
+
+PROG = "strongroom-admin"
+
+
+class Admin:
+    """The data folder and user database, made ready on first use (so --help touches nothing)."""
+
+    def __init__(self, root: Path) -> None:
+        self._datadir = DataDir(root)
+        self._ready = False
+        self._db: UserDB | None = None
+
+    @property
+    def datadir(self) -> DataDir:
+        if not self._ready:
+            existed = self._datadir.root.exists()
+            self._datadir.ensure()
+            if not existed:
+                click.echo(f"created data folder {self._datadir.root}", err=True)
+            self._ready = True
+        return self._datadir
+
+    @property
+    def db(self) -> UserDB:
+        if self._db is None:
+            self._db = UserDB(self.datadir.users_db)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def existing(self, name: str) -> User:
+        user = self.db.get(name)
+        if user is None:
+            raise UsageError(f"no user {name} (see 'strongroom-admin user list')")
+        return user
+
+
+pass_admin = click.make_pass_decorator(Admin)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name=PROG)
+@click.option(
+    "--data-dir",
+    envvar="STRONGROOM_DATA_DIR",
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The server's data folder (env STRONGROOM_DATA_DIR).",
+)
+@click.pass_context
+def cli(ctx: click.Context, data_dir: Path) -> None:
+    """Manage the users of a strongroom server. Without a command: an interactive menu."""
+    admin = Admin(data_dir)
+    ctx.obj = admin
+    ctx.call_on_close(admin.close)
+    if ctx.invoked_subcommand is None:
+        menu.run_menu(admin.datadir, admin.db)
+
+
+@cli.group()
+def user() -> None:
+    """Add, list, change and delete users."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--directory", "-d", default="", help="The folder on the user's computer to back up.")
+@click.option("--quota", metavar="SIZE", help="Storage limit, e.g. 50G or 1.5T (binary units).")
+@click.option("--append-only", is_flag=True, help="The user may add backups but never remove any.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_admin
+def user_add(
+    admin: Admin,
+    name: str,
+    directory: str,
+    quota: str | None,
+    append_only: bool,
+    password_stdin: bool,
+) -> None:
+    """Add user NAME with a first password they must change at their first login."""
+    validate_username(name)
+    validate_directory(directory)
+    limit = parse_quota(quota) if quota is not None else None
+    taken = admin.db.get(name)  # user names are case-insensitive
+    if taken is not None:
+        raise UsageError(f"user {taken.name} already exists")
+    kdf = default_kdf()
+    password = read_new_password(name, password_stdin)
+    new = add_user(
+        admin.datadir,
+        admin.db,
+        name,
+        password,
+        directory=directory,
+        kdf=kdf,
+        quota=limit,
+        append_only=append_only,
+    )
+    click.echo(menu.added_message(new))
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+@pass_admin
+def user_list(admin: Admin, as_json: bool) -> None:
+    """Show the users, their settings and their last backup."""
+    users = admin.db.list()
+    if as_json:
+        click.echo(json.dumps([user_json(u) for u in users], indent=2))
+    else:
+        menu.show_users(users)
+
+
+@user.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--purge-data", is_flag=True, help="Also delete the user's stored backups.")
+@pass_admin
+def user_delete(admin: Admin, name: str, yes: bool, purge_data: bool) -> None:
+    """Delete user NAME (their stored backups are kept unless --purge-data)."""
+    target = admin.existing(name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"not deleting {target.name} without confirmation: add --yes")
+        what = " and all their stored backups" if purge_data else ""
+        if not menu.confirm(f"delete user {target.name}{what}?"):
+            raise StrongroomError("nothing deleted")
+    click.echo(menu.delete_user(admin.datadir, admin.db, target.name, purge=purge_data))
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_admin
+def user_passwd(admin: Admin, name: str, password_stdin: bool) -> None:
+    """Reset NAME's password; they must choose a new one at their next login."""
+    target = admin.existing(name)
+    kdf = default_kdf()
+    password = read_new_password(target.name, password_stdin)
+    salt, auth_hash = login_material(password, kdf)
+    admin.db.set_login(target.id, salt=salt, kdf=kdf, auth_hash=auth_hash, must_change=True)
+    click.echo(
+        f"password of {target.name} reset; they must choose a new password at their next login"
+    )
+    if target.keyfile is not None:
+        click.echo(
+            "their existing backups stay encrypted under their previous password: "
+            "they still need it to open them"
+        )
+
+
+@user.command("set")
+@click.argument("name")
+@click.option("--directory", "-d", default=None, help="The folder on the user's computer.")
+@click.option("--quota", metavar="SIZE|none", help="Storage limit, or 'none' to remove it.")
+@click.option(
+    "--append-only/--no-append-only",
+    default=None,
+    help="Allow adding backups only / allow removing them again.",
+)
+@pass_admin
+def user_set(
+    admin: Admin, name: str, directory: str | None, quota: str | None, append_only: bool | None
+) -> None:
+    """Change NAME's folder, quota or append-only setting."""
+    if directory is None and quota is None and append_only is None:
+        raise UsageError("nothing to change: give --directory, --quota or --(no-)append-only")
+    admin.existing(name)
+    changed = admin.db.update(
+        name,
+        directory=directory,
+        quota=parse_quota(quota) if quota is not None else "unset",
+        append_only=append_only,
+    )
+    quota_text = fmt.size(changed.quota) if changed.quota is not None else "none"
+    click.echo(
+        f"user {changed.name}: folder {changed.directory or 'none recorded'}, "
+        f"quota {quota_text}, append-only {'yes' if changed.append_only else 'no'}"
+    )
+
+
+@cli.command()
+@click.option(
+    "--cert",
+    envvar="STRONGROOM_TLS_CERT",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A certificate given to the server with --tls-cert (default: the data folder's own).",
+)
+@pass_admin
+def fingerprint(admin: Admin, cert: Path | None) -> None:
+    """Print the SHA-256 fingerprint of the server's certificate, for clients to check."""
+    from ..server.tls import certificate_fingerprint, ensure_certificate
+
+    if cert is None:
+        ensure_certificate(admin.datadir)
+        cert = admin.datadir.cert_path
+    click.echo(certificate_fingerprint(cert))
+
+
+def user_json(u: User) -> dict[str, Any]:
+    """What `user list --json` shows: settings and times, never login or key material."""
+    from datetime import UTC, datetime
+
+    def iso(ns: int | None) -> str | None:
+        return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
+
+    return {
+        "name": u.name,
+        "directory": u.directory,
+        "quota": u.quota,
+        "append_only": u.append_only,
+        "must_change_password": u.must_change_password,
+        "has_keys": u.keyfile is not None,
+        "storage_id": u.storage_id,
+        "created": iso(u.created_ns),
+        "created_ns": u.created_ns,
+        "last_backup": iso(u.last_backup_ns),
+        "last_backup_ns": u.last_backup_ns,
+        "last_backup_result": u.last_backup_result,
+    }
+
+
+def read_new_password(name: str, from_stdin: bool) -> bytes:
+    """The first line of standard input, or asked twice on the terminal, hidden."""
+    if from_stdin:
+        raw = sys.stdin.buffer.readline().rstrip(b"\r\n")
+        if not raw:
+            raise UsageError("no password on standard input (--password-stdin reads one line)")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError("the password on standard input is not valid UTF-8") from None
+        return raw
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "standard input is not a terminal: give the password with --password-stdin"
+        )
+    try:
+        first = getpass.getpass(f"New password for {name}: ")
+        if not first:
+            raise UsageError("the password cannot be empty")
+        if getpass.getpass("Repeat it: ") != first:
+            raise StrongroomError("the two passwords differ; nothing was changed")
+    except EOFError:
+        raise StrongroomError("no password entered; nothing was changed") from None
+    return first.encode("utf-8")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"{PROG}: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Run the command; any failure is one line on stderr and an exit code, never a traceback."""
+    try:
+        rv = cli.main(prog_name=PROG, standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo(f"{PROG}: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        _fail(" ".join(exc.format_message().split()).rstrip(".") + hint, exc.exit_code)
+    except StrongroomError as exc:
+        _fail(str(exc), exc.exit_code)
+    except sqlite3.Error as exc:
+        _fail(f"user database: {exc}", EXIT_ERROR)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}", EXIT_ERROR)
+    except Exception as exc:
+        if os.environ.get("STRONGROOM_DEBUG"):
+            raise
+        click.echo(
+            f"{PROG}: internal error: {type(exc).__name__}: {exc} "
+            "(set STRONGROOM_DEBUG=1 for details)",
+            err=True,
+        )
+        sys.exit(EXIT_ERROR)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Server settings: flags over environment over config file over built-in defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..crypto import KdfParams
+from ..errors import UsageError
+
+DEFAULT_PORT = 44000
+DEFAULT_DATA_DIR = "./strongroom-data"
+
+
+def default_kdf() -> KdfParams:
+    """Argon2id cost for new passwords and for the fake salts of unknown users.
+
+    STRONGROOM_KDF_MEMORY_MIB / STRONGROOM_KDF_ITERATIONS lower it for tests only; the default
+    (64 MiB, 3 passes) is what docs/SECURITY.md describes.
+    """
+    try:
+        memory_mib = int(os.environ.get("STRONGROOM_KDF_MEMORY_MIB", "64"))
+        iterations = int(os.environ.get("STRONGROOM_KDF_ITERATIONS", "3"))
+    except ValueError:
+        raise UsageError("STRONGROOM_KDF_MEMORY_MIB and _ITERATIONS must be integers") from None
+    params = KdfParams(memory_kib=memory_mib * 1024, iterations=iterations)
+    try:
+        params.validate()
+    except Exception:
+        raise UsageError("STRONGROOM_KDF_MEMORY_MIB or _ITERATIONS is out of range") from None
+    return params
+
+
+@dataclass
+class ServerConfig:
+    host: str = "0.0.0.0"  # noqa: S104 - a server listens on all interfaces unless told
+    port: int = DEFAULT_PORT
+    data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_connections: int = 64
+    idle_timeout: float = 300.0  # seconds without a complete frame
+    login_timeout: float = 30.0  # from TCP accept to a successful login
+    log_file: Path | None = None
+
+
+_ENV = {
+    "host": "STRONGROOM_HOST",
+    "port": "STRONGROOM_PORT",
+    "data_dir": "STRONGROOM_DATA_DIR",
+    "tls_cert": "STRONGROOM_TLS_CERT",
+    "tls_key": "STRONGROOM_TLS_KEY",
+    "max_connections": "STRONGROOM_MAX_CONNECTIONS",
+    "idle_timeout": "STRONGROOM_IDLE_TIMEOUT",
+    "login_timeout": "STRONGROOM_LOGIN_TIMEOUT",
+    "log_file": "STRONGROOM_LOG_FILE",
+}
+
+
+def load_config(config_file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
+    """Build the settings. `overrides` are command-line values (None = not given)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise UsageError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"config file {config_file} is not valid TOML: {exc}") from None
+        section = raw.get("server", raw)
+        if not isinstance(section, dict):
+            raise UsageError(f"config file {config_file}: [server] must be a table")
+        known = {f.name for f in fields(ServerConfig)}
+        for key, value in section.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise UsageError(f"config file {config_file}: unknown setting {key!r}")
+            values[name] = value
+    for name, env in _ENV.items():
+        if env in os.environ and os.environ[env] != "":
+            values[name] = os.environ[env]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _typed(values)
+
+
+def _typed(values: dict[str, Any]) -> ServerConfig:
+    cfg = ServerConfig()
+    for f in fields(ServerConfig):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        try:
+            if f.name in ("port", "max_connections"):
+                value = int(value)
+            elif f.name in ("idle_timeout", "login_timeout"):
+                value = float(value)
+            elif f.name in ("data_dir", "tls_cert", "tls_key", "log_file"):
+                value = Path(os.path.expanduser(str(value)))
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"setting {f.name} has an invalid value: {value!r}") from None
+        setattr(cfg, f.name, value)
+    if not 0 <= cfg.port < 65536:
+        raise UsageError(f"port {cfg.port} is out of range (1-65535, or 0 for any free port)")
+    if cfg.max_connections < 1 or cfg.idle_timeout <= 0 or cfg.login_timeout <= 0:
+        raise UsageError("max_connections and the timeouts must be positive")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise UsageError("give both tls_cert and tls_key, or neither")
+    return cfg

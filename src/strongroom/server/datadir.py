@@ -1,0 +1,113 @@
+"""The server's data folder: where the user database, TLS files, secret and storage live.
+
+Layout (all created on demand, folders 0700, secret and key 0600)::
+
+    users.sqlite        the user database (server/userdb.py)
+    server.secret       32 random bytes, e.g. for the fake salts of unknown users
+    tls/cert.pem        the self-signed certificate (server/tls.py)
+    tls/key.pem
+    storage/<id>/       one pack store per user, named by a random storage ID, not the user name
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+from ..errors import StrongroomError
+
+SECRET_SIZE = 32
+_STORAGE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class DataDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.users_db = root / "users.sqlite"
+        self.tls_dir = root / "tls"
+        self.cert_path = self.tls_dir / "cert.pem"
+        self.key_path = self.tls_dir / "key.pem"
+        self.secret_path = root / "server.secret"
+        self.storage_root = root / "storage"
+
+    def ensure(self) -> None:
+        """Create whatever is missing. Idempotent; two processes may run it at once."""
+        for folder in (self.root, self.tls_dir, self.storage_root):
+            if make_dir(folder):
+                fsync_dir(folder.parent)
+        if not self.secret_path.exists():
+            write_new_file(self.secret_path, os.urandom(SECRET_SIZE), 0o600)
+
+    def server_secret(self) -> bytes:
+        try:
+            secret = self.secret_path.read_bytes()
+        except OSError as exc:
+            raise StrongroomError(
+                f"cannot read the server secret {self.secret_path}: {exc.strerror}"
+            ) from None
+        if len(secret) != SECRET_SIZE:
+            raise StrongroomError(
+                f"the server secret {self.secret_path} is damaged "
+                f"(expected {SECRET_SIZE} bytes); restore it from a backup"
+            )
+        return secret
+
+    def storage_path(self, storage_id: str) -> Path:
+        if not _STORAGE_ID.fullmatch(storage_id):
+            raise ValueError("a storage ID is 32 lowercase hex digits")
+        return self.storage_root / storage_id
+
+
+def make_dir(path: Path) -> bool:
+    """Create a folder (and its parents) with mode 0700; True if this call created it."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise StrongroomError(f"{path} exists and is not a folder") from None
+        return False
+    return True
+
+
+def write_new_file(path: Path, data: bytes, mode: int) -> bool:
+    """Durably create `path` with `data` unless it exists; True if this call created it.
+
+    The bytes go to a private temporary file that is fsync'd and then hard-linked into place,
+    which fails if the name is taken: of two racing processes exactly one wins, and nobody ever
+    sees a partial file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: a plain rename, checked first
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def fsync_dir(path: Path) -> None:
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,415 @@
+"""One client connection: read frames, check the phase, run each request, answer.
+
+Requests on a connection are handled in order (the client pipelines them, so no round trip is
+waited for per blob); storage and database work runs in threads so one busy or slow client never
+holds up the event loop that serves the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import IntegrityError, RepositoryError, StrongroomError
+from ..keys import KeyFile
+from ..protocol import messages as m
+from ..protocol.codec import ProtocolError
+from ..protocol.framing import Frame, FrameDecoder, encode_frame
+from ..protocol.state import WRITES, Phase, ServerState
+from ..snapshot import is_snapshot_id
+from . import auth
+from .stores import UserStore
+from .userdb import User
+
+if TYPE_CHECKING:
+    from .app import ServerContext
+
+log = logging.getLogger("strongroom.server")
+
+T = TypeVar("T")
+
+CHUNK_BYTES = 4 * 1024 * 1024  # size of one part of a streamed answer
+IDS_PER_PART = 65536
+MAX_MANIFEST = 4_000_000  # IDs staged for one commit (~128 MiB at most)
+MAX_RECORD = 1024 * 1024
+MAX_STORED_BLOB = 16 * 1024 * 1024 + 1024
+
+
+class Close(Exception):
+    """End this connection after sending `reply` (if any)."""
+
+    def __init__(self, reply: m.Error | None = None) -> None:
+        super().__init__(reply.message if reply else "closed")
+        self.reply = reply
+
+
+class Session:
+    def __init__(
+        self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.ctx = ctx
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.host = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.state = ServerState()
+        self.decoder = FrameDecoder()
+        self.user: User | None = None
+        self.store: UserStore | None = None
+        self.manifest: set[bytes] = set()
+        self.login_deadline = time.monotonic() + ctx.config.login_timeout
+        self.put_blobs = 0
+        self.put_bytes = 0
+
+    # ---- connection loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        log.info("connection from %s", self.address)
+        reason = "closed by client"
+        try:
+            while True:
+                frame = await self._read_frame()
+                if frame is None:
+                    break
+                if not await self._handle(frame):
+                    break
+        except Close as exc:
+            reason = exc.reply.message if exc.reply else "closed"
+            if exc.reply is not None:
+                await self._send_quietly(exc.reply, 0)
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc}"
+            log.warning("%s: %s", self.address, reason)
+            await self._send_quietly(m.Error(m.ErrorCode.BAD_REQUEST, str(exc)), 0)
+        except TimeoutError:
+            reason = "timed out"
+            log.info("%s: timed out", self.address)
+            await self._send_quietly(m.Error(m.ErrorCode.TIMEOUT, "connection timed out"), 0)
+        except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+            reason = f"connection lost ({type(exc).__name__})"
+        finally:
+            await self._cleanup(reason)
+
+    async def _read_frame(self) -> Frame | None:
+        if self.state.phase in (Phase.HELLO, Phase.LOGIN):
+            deadline = self.login_deadline
+        else:
+            deadline = time.monotonic() + self.ctx.config.idle_timeout
+        while True:
+            frame = self.decoder.next_frame()
+            if frame is not None:
+                return frame
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            data = await asyncio.wait_for(self.reader.read(1 << 20), left)
+            if not data:
+                if self.decoder.in_frame():
+                    raise ConnectionError("connection closed in the middle of a frame")
+                return None
+            self.decoder.feed(data)
+
+    async def _send(self, msg: m.Message, request_id: int) -> None:
+        self.writer.write(encode_frame(msg, request_id))
+        await self.writer.drain()
+
+    async def _send_quietly(self, msg: m.Message, request_id: int) -> None:
+        with contextlib.suppress(OSError, ConnectionError, TimeoutError, RuntimeError):
+            await asyncio.wait_for(self._send(msg, request_id), 5)
+
+    async def _cleanup(self, reason: str) -> None:
+        if self.store is not None and self.user is not None:
+            self.store = None
+            await asyncio.to_thread(self.ctx.stores.release, self.user.storage_id)
+        self.writer.close()
+        with contextlib.suppress(OSError, ConnectionError, TimeoutError, RuntimeError):
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
+        who = f" user={self.user.name}" if self.user else ""
+        log.info("%s: disconnected%s (%s)", self.address, who, reason)
+
+    async def _thread(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(func, *args)
+
+    # ---- dispatch ---------------------------------------------------------------------------
+
+    async def _handle(self, frame: Frame) -> bool:
+        """Answer one request; False ends the connection."""
+        rid = frame.request_id
+        msg = m.decode_message(m.REQUESTS, frame.msg_type, frame.payload)
+        refusal = self.state.admit(msg)
+        if refusal is not None:
+            await self._send(refusal, rid)
+            return True
+        if isinstance(msg, m.Hello):
+            return await self._hello(msg, rid)
+        if isinstance(msg, m.Bye):
+            await self._send(m.Ok(), rid)
+            return False
+        if isinstance(msg, m.AuthParamsRequest):
+            user = await self._thread(self.ctx.userdb.get, msg.user)
+            answer = auth.salt_for(user, msg.user, self.ctx.secret)
+            await self._send(
+                m.AuthParams(
+                    answer.salt, answer.kdf.memory_kib, answer.kdf.iterations, answer.kdf.lanes
+                ),
+                rid,
+            )
+            return True
+        if isinstance(msg, m.Login):
+            return await self._login(msg, rid)
+        try:
+            await self._authenticated(msg, rid)
+        except Close:
+            raise
+        except StrongroomError as exc:
+            await self._send(_error_for(exc), rid)
+        return True
+
+    async def _hello(self, msg: m.Hello, rid: int) -> bool:
+        if msg.version != m.PROTOCOL_VERSION:
+            raise Close(
+                m.Error(
+                    m.ErrorCode.UNSUPPORTED_VERSION,
+                    f"this server speaks protocol {m.PROTOCOL_VERSION}, the client {msg.version}; "
+                    "update the older side",
+                )
+            )
+        self.state.phase = Phase.LOGIN
+        await self._send(
+            m.Welcome(m.PROTOCOL_VERSION, f"strongroom-server {self.ctx.version}"), rid
+        )
+        return True
+
+    async def _login(self, msg: m.Login, rid: int) -> bool:
+        delay = self.ctx.throttle.delay(msg.user, self.host)
+        if delay:
+            await asyncio.sleep(delay)
+        user = await self._thread(self.ctx.userdb.get, msg.user)
+        if not auth.verify(user, msg.auth_key) or user is None:
+            self.ctx.throttle.failed(msg.user, self.host)
+            log.warning("%s: login failed for user %r", self.address, msg.user)
+            await self._send(m.Error(m.ErrorCode.AUTH_FAILED, "wrong user name or password"), rid)
+            return True
+        self.ctx.throttle.succeeded(msg.user, self.host)
+        self.store = await self._thread(
+            self.ctx.stores.acquire, user.storage_id, self.ctx.datadir.storage_path(user.storage_id)
+        )
+        self.user = user
+        self.state.phase = Phase.MUST_CHANGE_PASSWORD if user.must_change_password else Phase.READY
+        flags = (m.LOGIN_MUST_CHANGE_PASSWORD if user.must_change_password else 0) | (
+            m.LOGIN_APPEND_ONLY if user.append_only else 0
+        )
+        log.info("%s: login ok for user %r", self.address, user.name)
+        await self._send(
+            m.LoginOk(flags, user.directory, user.keyfile or b"", user.storage_id), rid
+        )
+        return True
+
+    async def _current_user(self) -> User:
+        """The user's row as it is now: admin changes apply to open connections at once."""
+        assert self.user is not None
+        user = await self._thread(self.ctx.userdb.get_by_id, self.user.id)
+        if user is None or user.storage_id != self.user.storage_id:
+            raise Close(m.Error(m.ErrorCode.ACCOUNT_GONE, "this account was deleted"))
+        self.user = user
+        return user
+
+    async def _authenticated(self, msg: m.Message, rid: int) -> None:
+        user = await self._current_user()
+        store = self.store
+        assert store is not None
+        if isinstance(msg, m.SetKeyFile):
+            await self._set_keyfile(user, msg, rid)
+        elif user.must_change_password and type(msg) in WRITES:
+            await self._send(
+                m.Error(m.ErrorCode.PASSWORD_CHANGE_REQUIRED, "choose a new password first"), rid
+            )
+        elif isinstance(msg, m.PutBlobs):
+            await self._put(user, store, msg, rid)
+        elif isinstance(msg, m.Flush):
+            await self._thread(store.flush)
+            await self._send(m.Ok(), rid)
+        elif isinstance(msg, m.ManifestPart):
+            if len(self.manifest) + len(msg.ids) > MAX_MANIFEST:
+                raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "manifest is too large"))
+            self.manifest.update(msg.ids)
+            await self._send(m.Ok(len(self.manifest)), rid)
+        elif isinstance(msg, m.Commit):
+            await self._commit(user, store, msg, rid)
+        elif isinstance(msg, m.ListIds):
+            ids = await self._thread(store.store.all_blob_ids)
+            await self._send_ids(list(ids), rid)
+        elif isinstance(msg, m.Have):
+            missing = await self._thread(store.store.missing, msg.ids)
+            await self._send(m.Ids([b for b in dict.fromkeys(msg.ids) if b in missing]), rid)
+        elif isinstance(msg, m.ListSnapshots):
+            await self._list_snapshots(store, rid)
+        elif isinstance(msg, m.DeleteSnapshot):
+            if user.append_only:
+                raise StrongroomError("append-only account: snapshots cannot be removed")
+            removed = await self._thread(store.store.delete_snapshot, msg.snap_id)
+            if removed:
+                log.info(
+                    "%s: user %r removed snapshot %s", self.address, user.name, msg.snap_id[:8]
+                )
+            await self._send(m.Ok(int(removed)), rid)
+        elif isinstance(msg, m.ReadBlobs):
+            await self._stream_blobs(store.read(msg.ids), rid)
+        elif isinstance(msg, m.GetManifest):
+            ids = await self._thread(store.store.snapshot_manifest, msg.snap_id)
+            await self._send_ids(list(ids), rid)
+        elif isinstance(msg, m.ReadAll):
+            await self._stream_blobs(
+                ((bid, m.BLOB_INTACT if ok else m.BLOB_DAMAGED, data)
+                 for bid, ok, data in store.store.iter_verified()),
+                rid,
+            )
+        elif isinstance(msg, m.CheckStorage):
+            problems = await self._thread(store.store.storage_problems)
+            await self._send(m.Texts(problems), rid)
+        else:  # pragma: no cover - every request type is handled above
+            await self._send(m.Error(m.ErrorCode.BAD_REQUEST, "unexpected request"), rid)
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    async def _set_keyfile(self, user: User, msg: m.SetKeyFile, rid: int) -> None:
+        keyfile = KeyFile.from_json(msg.keyfile)  # IntegrityError -> answered as an error
+        if not keyfile.wrapped:
+            raise IntegrityError("the new key file holds no keys")
+        if user.append_only and user.keyfile is not None and not user.must_change_password:
+            # Replacing the wrapped keys could make every backup unreadable: a delete in effect.
+            raise _Forbidden("append-only account: ask the admin to reset your password")
+        await self._thread(self.ctx.userdb.set_keyfile, user.id, keyfile)
+        self.state.phase = Phase.READY
+        log.info("%s: user %r changed their password", self.address, user.name)
+        await self._send(m.Ok(), rid)
+
+    async def _put(self, user: User, store: UserStore, msg: m.PutBlobs, rid: int) -> None:
+        size = 0
+        for _bid, _type, data in msg.blobs:
+            if len(data) > MAX_STORED_BLOB:
+                raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "blob is over the size limit"))
+            size += len(data)
+        if user.quota is not None:
+            used = await self._thread(store.used_bytes)
+            if used + size > user.quota:
+                raise _QuotaExceeded(
+                    f"quota of {user.quota} bytes exceeded ({used} bytes used); "
+                    "ask the admin for more space or forget old snapshots"
+                )
+        added = await self._thread(store.put, msg.blobs)
+        self.put_blobs += added
+        self.put_bytes += size
+        await self._send(m.Ok(added), rid)
+
+    async def _commit(self, user: User, store: UserStore, msg: m.Commit, rid: int) -> None:
+        if not is_snapshot_id(msg.snap_id):
+            raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "invalid snapshot ID"))
+        if len(msg.record) > MAX_RECORD:
+            raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "snapshot record is too large"))
+        manifest, self.manifest = self.manifest, set()
+        try:
+            await self._thread(store.commit, msg.snap_id, msg.time_ns, msg.record, manifest)
+        except StrongroomError as exc:
+            await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), "failed")
+            log.warning("%s: user %r: commit failed: %s", self.address, user.name, exc)
+            raise
+        await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), "ok")
+        log.info(
+            "%s: user %r committed snapshot %s (%d blobs referenced, %d new blobs, %d bytes sent)",
+            self.address,
+            user.name,
+            msg.snap_id[:8],
+            len(manifest),
+            self.put_blobs,
+            self.put_bytes,
+        )
+        self.put_blobs = self.put_bytes = 0
+        await self._send(m.Ok(), rid)
+
+    async def _list_snapshots(self, store: UserStore, rid: int) -> None:
+        rows = await self._thread(store.snapshots)
+        part: list[tuple[str, int, bytes]] = []
+        size = 0
+        for row in rows:
+            part.append((row.snap_id, row.time_ns, row.record))
+            size += len(row.record) + 100
+            if size >= CHUNK_BYTES:
+                await self._send(m.SnapshotRows(part), rid)
+                part, size = [], 0
+        if part:
+            await self._send(m.SnapshotRows(part), rid)
+        await self._send(m.End(len(rows)), rid)
+
+    async def _send_ids(self, ids: list[bytes], rid: int) -> None:
+        for i in range(0, len(ids), IDS_PER_PART):
+            await self._send(m.Ids(ids[i : i + IDS_PER_PART]), rid)
+        await self._send(m.End(len(ids)), rid)
+
+    async def _stream_blobs(
+        self, source: Iterator[tuple[bytes, int, bytes]] | Any, rid: int
+    ) -> None:
+        """Send blobs in parts of ~4 MiB as they are read (in a thread), then End."""
+        it = iter(source)
+        count = 0
+        while True:
+            part = await self._thread(_next_part, it)
+            if not part:
+                break
+            count += len(part)
+            await self._send(m.Blobs(part), rid)
+        await self._send(m.End(count), rid)
+
+
+class _Forbidden(StrongroomError):
+    pass
+
+
+class _QuotaExceeded(StrongroomError):
+    pass
+
+
+def _next_part(it: Iterator[Any]) -> list[tuple[bytes, int, bytes]]:
+    part: list[tuple[bytes, int, bytes]] = []
+    size = 0
+    for item in it:
+        if len(item) == 2:
+            item = (item[0], m.BLOB_INTACT, item[1])
+        part.append(item)
+        size += len(item[2]) + 40
+        if size >= CHUNK_BYTES:
+            break
+    return part
+
+
+def _error_for(exc: StrongroomError) -> m.Error:
+    text = str(exc)
+    if isinstance(exc, _Forbidden):
+        code = m.ErrorCode.FORBIDDEN
+    elif isinstance(exc, _QuotaExceeded):
+        code = m.ErrorCode.QUOTA_EXCEEDED
+    elif isinstance(exc, IntegrityError) and "does not have" in text:
+        code = m.ErrorCode.MISSING_BLOBS
+    elif isinstance(exc, IntegrityError) and "missing" in text:
+        code = m.ErrorCode.NOT_FOUND
+    elif isinstance(exc, IntegrityError):
+        code = m.ErrorCode.DAMAGED
+    elif isinstance(exc, RepositoryError) and _is_disk_full(exc):
+        code = m.ErrorCode.DISK_FULL
+        text = "the server's disk is full; ask the admin to free space"
+    else:
+        code = m.ErrorCode.SERVER_ERROR
+    return m.Error(code, text[: m.MESSAGE_LIMIT])
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left" in str(exc) or "quota exceeded" in str(exc).lower()

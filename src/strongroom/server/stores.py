@@ -1,0 +1,95 @@
+"""One open PackStore per user, shared by that user's connections.
+
+The server is the only writer of a user's storage, so it opens each store once (holding the
+store's writer lock) and serialises the calls that add or flush blobs behind a per-user lock:
+two backups of the same user then never see each other's half-flushed packs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ..blobs import BlobType
+from ..errors import RepositoryError
+from ..store import PackStore, SnapshotRow
+
+
+class UserStore:
+    def __init__(self, path: Path) -> None:
+        if not (path / "index.sqlite").is_file():
+            PackStore.create(path, meta={"repo_id": path.name.encode()}).close()
+        self.store = PackStore(path, writer=True)
+        self.lock = threading.Lock()
+        self.users = 0  # open connections using this store
+
+    def put(self, blobs: list[tuple[bytes, int, bytes]]) -> int:
+        """Store the blobs this store does not have yet; returns how many were new."""
+        for _bid, blob_type, _data in blobs:
+            if blob_type not in (BlobType.DATA, BlobType.TREE):
+                raise ValueError(f"unknown blob type {blob_type}")
+        with self.lock:
+            missing = self.store.missing(b[0] for b in blobs)
+            added = 0
+            for bid, blob_type, data in blobs:
+                if bid in missing and self.store.add_blob(bid, blob_type, data):
+                    added += 1
+            return added
+
+    def flush(self) -> None:
+        with self.lock:
+            self.store.flush()
+
+    def used_bytes(self) -> int:
+        """Bytes stored plus bytes buffered for the next pack (what a quota counts)."""
+        return self.store.stored_bytes() + self.store.buffered_bytes()
+
+    def commit(self, snap_id: str, time_ns: int, record: bytes, manifest: Iterable[bytes]) -> None:
+        with self.lock:
+            self.store.flush()
+            self.store.commit_snapshot(snap_id, time_ns, record, manifest)
+
+    def snapshots(self) -> list[SnapshotRow]:
+        return self.store.list_snapshots()
+
+    def read(self, blob_ids: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        return self.store.read_blobs(blob_ids)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class StoreRegistry:
+    def __init__(self, storage_root: Path) -> None:
+        self.root = storage_root
+        self._open: dict[str, UserStore] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, storage_id: str, path: Path) -> UserStore:
+        with self._lock:
+            store = self._open.get(storage_id)
+            if store is None:
+                try:
+                    store = UserStore(path)
+                except OSError as exc:
+                    raise RepositoryError(f"cannot open user storage: {exc.strerror}") from None
+                self._open[storage_id] = store
+            store.users += 1
+            return store
+
+    def release(self, storage_id: str) -> None:
+        with self._lock:
+            store = self._open.get(storage_id)
+            if store is None:
+                return
+            store.users -= 1
+            if store.users <= 0:
+                del self._open[storage_id]
+                store.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            for store in self._open.values():
+                store.close()
+            self._open.clear()

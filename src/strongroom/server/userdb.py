@@ -1,0 +1,366 @@
+"""The server's user database (SQLite): accounts, login verifiers, wrapped keys and policies.
+
+It never holds a password or a data key: only the Argon2id salt and parameters, a hash of the
+authentication key, and the client's key file (keys wrapped by a key only the password gives).
+Every call goes to the database (no cache), so `strongroom-admin` changes take effect on a
+running server at the next login or request. One connection per UserDB, guarded by a lock so
+the server may call it from several threads; WAL lets the admin tool and the server share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Literal
+
+from ..crypto import KdfParams
+from ..errors import StrongroomError, UsageError
+from ..keys import KeyFile
+
+SCHEMA_VERSION = 1
+
+# _MIGRATIONS[i] takes the schema from version i to i + 1 (version 0 = empty file).
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE users(
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            storage_id TEXT NOT NULL UNIQUE,
+            directory TEXT NOT NULL,
+            salt BLOB NOT NULL,
+            kdf_memory_kib INTEGER NOT NULL,
+            kdf_iterations INTEGER NOT NULL,
+            kdf_lanes INTEGER NOT NULL,
+            auth_hash BLOB NOT NULL,
+            keyfile BLOB,
+            must_change_password INTEGER NOT NULL,
+            quota INTEGER,
+            append_only INTEGER NOT NULL,
+            created_ns INTEGER NOT NULL,
+            last_backup_ns INTEGER,
+            last_backup_result TEXT
+        )""",
+    ),
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+_SELECT = (
+    "SELECT id, name, storage_id, directory, salt, kdf_memory_kib, kdf_iterations, kdf_lanes, "
+    "auth_hash, keyfile, must_change_password, quota, append_only, created_ns, "
+    "last_backup_ns, last_backup_result FROM users"
+)
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    storage_id: str
+    directory: str  # the folder on the user's computer to back up; "" if none recorded
+    salt: bytes
+    kdf: KdfParams
+    auth_hash: bytes
+    keyfile: bytes | None  # KeyFile JSON; None until the user's first password change
+    must_change_password: bool
+    quota: int | None  # bytes
+    append_only: bool
+    created_ns: int
+    last_backup_ns: int | None
+    last_backup_result: str | None
+
+
+_USERNAME = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}", re.ASCII)
+
+
+def validate_username(name: str) -> None:
+    if not _USERNAME.fullmatch(name):
+        shown = name if len(name) <= 70 else name[:64] + "..."
+        raise UsageError(
+            f"invalid user name {shown!r}: use 1-64 letters, digits, '.', '_', '@' or '-', "
+            "not starting with '.' or '-'"
+        )
+
+
+_WINDOWS_ABS = re.compile(r"[A-Za-z]:[\\/]")
+
+
+def validate_directory(directory: str) -> None:
+    """The folder to back up, as the client will see it: absolute (POSIX, Windows or UNC),
+    '~'-relative, or "" for none. It lives on the user's computer, so it is not checked here."""
+    if directory == "":
+        return
+    if len(directory) > 4096 or not directory.isprintable():
+        raise UsageError("the folder name is too long or holds control characters")
+    if not (directory.startswith(("/", "\\\\", "~")) or _WINDOWS_ABS.match(directory) is not None):
+        raise UsageError(
+            f"the folder {directory!r} is not an absolute path on the user's computer "
+            "(e.g. /home/alice/Documents or C:\\Users\\alice\\Documents)"
+        )
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(?:([KMGTPE])(?:i?B)?|B)?\s*", re.ASCII)
+_UNITS = {None: 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+MAX_SIZE = 2**63 - 1  # SQLite's INTEGER
+
+
+def parse_size(text: str) -> int:
+    """'500M', '10G', '1.5T', '10GiB', '1024' -> bytes (binary units, fractions rounded down)."""
+    match = _SIZE.fullmatch(text.upper()) if len(text) <= 40 else None
+    if match is None:
+        raise UsageError(f"invalid size {text[:40]!r}: use e.g. 500M, 10G, 1.5T or a byte count")
+    try:
+        value = int(Decimal(match.group(1)) * 1024 ** _UNITS[match.group(2)])
+    except InvalidOperation:  # pragma: no cover - the pattern admits only decimal numbers
+        raise UsageError(f"invalid size {text!r}") from None
+    if value > MAX_SIZE:
+        raise UsageError(f"size {text!r} is too large")
+    return value
+
+
+def parse_quota(text: str) -> int | None:
+    """A quota: a size of at least 1 byte, or 'none' (no limit)."""
+    if text.strip().lower() in ("none", "unlimited"):
+        return None
+    value = parse_size(text)
+    if value < 1:
+        raise UsageError("a quota must be at least 1 byte (use 'none' for no limit)")
+    return value
+
+
+class UserDB:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.exists():  # SQLite gives its -wal and -shm files the database's mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600))
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        try:
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._set_wal()
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def _set_wal(self) -> None:
+        # Switching a new file to WAL needs a moment alone with it; another process doing the
+        # same can make it fail at once, without waiting on the busy timeout.
+        for attempt in range(100):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
+
+    def _version(self) -> int:
+        row = self._db.execute("PRAGMA user_version").fetchone()
+        return int(row[0])
+
+    def _migrate(self) -> None:
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self._transaction():
+            version = self._version()  # another process may have migrated meanwhile
+            if version > SCHEMA_VERSION:
+                raise StrongroomError(
+                    f"{self.path} was written by a newer strongroom (schema {version}); "
+                    "upgrade strongroom"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction that holds the database lock from the start (the caller holds
+        self._lock, or is __init__), so reads inside it see what the writes will change."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ---- reads --------------------------------------------------------------------------
+
+    def get(self, name: str) -> User | None:
+        """The user called `name` (user names are case-insensitive)."""
+        with self._lock:
+            row = self._db.execute(_SELECT + " WHERE name = ?", (name,)).fetchone()
+        return _user(row) if row else None
+
+    def get_by_id(self, uid: int) -> User | None:
+        with self._lock:
+            row = self._db.execute(_SELECT + " WHERE id = ?", (uid,)).fetchone()
+        return _user(row) if row else None
+
+    def list(self) -> list[User]:
+        with self._lock:
+            rows = self._db.execute(_SELECT + " ORDER BY name").fetchall()
+        return [_user(r) for r in rows]
+
+    # ---- writes -------------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        *,
+        directory: str,
+        salt: bytes,
+        kdf: KdfParams,
+        auth_hash: bytes,
+        quota: int | None = None,
+        append_only: bool = False,
+    ) -> User:
+        validate_username(name)
+        validate_directory(directory)
+        _check_quota(quota)
+        with self._lock:
+            with self._transaction():
+                if self._db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                    raise UsageError(f"user {name} already exists")
+                cur = self._db.execute(
+                    "INSERT INTO users(name, storage_id, directory, salt, kdf_memory_kib, "
+                    "kdf_iterations, kdf_lanes, auth_hash, keyfile, must_change_password, quota, "
+                    "append_only, created_ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, ?, ?, ?)",
+                    (
+                        name,
+                        os.urandom(16).hex(),
+                        directory,
+                        salt,
+                        kdf.memory_kib,
+                        kdf.iterations,
+                        kdf.lanes,
+                        auth_hash,
+                        quota,
+                        int(append_only),
+                        time.time_ns(),
+                    ),
+                )
+                uid = cur.lastrowid
+            row = self._db.execute(_SELECT + " WHERE id = ?", (uid,)).fetchone()
+        return _user(row)
+
+    def delete(self, name: str) -> User | None:
+        """Remove the user's row and return it (None if there was no such user)."""
+        with self._lock, self._transaction():
+            row = self._db.execute(_SELECT + " WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                self._db.execute("DELETE FROM users WHERE id = ?", (row[0],))
+        return _user(row) if row else None
+
+    def set_login(
+        self, uid: int, *, salt: bytes, kdf: KdfParams, auth_hash: bytes, must_change: bool
+    ) -> None:
+        """An admin password reset: a new login verifier; the key file is left as it is."""
+        self._write(
+            "UPDATE users SET salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, kdf_lanes = ?, "
+            "auth_hash = ?, must_change_password = ? WHERE id = ?",
+            (salt, kdf.memory_kib, kdf.iterations, kdf.lanes, auth_hash, int(must_change), uid),
+        )
+
+    def set_keyfile(self, uid: int, keyfile: KeyFile) -> None:
+        """The user's own password change: their key file becomes their login verifier too."""
+        self._write(
+            "UPDATE users SET keyfile = ?, salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, "
+            "kdf_lanes = ?, auth_hash = ?, must_change_password = 0 WHERE id = ?",
+            (
+                keyfile.to_json().encode(),
+                keyfile.salt,
+                keyfile.kdf.memory_kib,
+                keyfile.kdf.iterations,
+                keyfile.kdf.lanes,
+                keyfile.auth_hash,
+                uid,
+            ),
+        )
+
+    def update(
+        self,
+        name: str,
+        *,
+        directory: str | None = None,
+        quota: int | Literal["unset"] | None = "unset",
+        append_only: bool | None = None,
+    ) -> User:
+        """Change the given settings (None / "unset" = leave alone; quota=None removes it)."""
+        if directory is not None:
+            validate_directory(directory)
+        if quota != "unset":
+            _check_quota(quota)
+        with self._lock:
+            with self._transaction():
+                row = self._db.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+                if row is None:
+                    raise UsageError(f"no user {name}")
+                uid = int(row[0])
+                if directory is not None:
+                    self._db.execute(
+                        "UPDATE users SET directory = ? WHERE id = ?", (directory, uid)
+                    )
+                if quota != "unset":
+                    self._db.execute("UPDATE users SET quota = ? WHERE id = ?", (quota, uid))
+                if append_only is not None:
+                    self._db.execute(
+                        "UPDATE users SET append_only = ? WHERE id = ?", (int(append_only), uid)
+                    )
+            row = self._db.execute(_SELECT + " WHERE id = ?", (uid,)).fetchone()
+        return _user(row)
+
+    def record_backup(self, uid: int, time_ns: int, result: str) -> None:
+        """Note the time and outcome of the user's last backup (no-op if they were deleted)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE users SET last_backup_ns = ?, last_backup_result = ? WHERE id = ?",
+                (time_ns, result, uid),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        with self._lock:
+            cur = self._db.execute(sql, params)
+        if cur.rowcount == 0:
+            raise StrongroomError("this user no longer exists")
+
+
+def _check_quota(quota: int | None) -> None:
+    if quota is not None and not 1 <= quota <= MAX_SIZE:
+        raise UsageError("a quota must be at least 1 byte")
+
+
+def _user(row: Any) -> User:
+    return User(
+        id=int(row[0]),
+        name=str(row[1]),
+        storage_id=str(row[2]),
+        directory=str(row[3]),
+        salt=bytes(row[4]),
+        kdf=KdfParams(memory_kib=int(row[5]), iterations=int(row[6]), lanes=int(row[7])),
+        auth_hash=bytes(row[8]),
+        keyfile=None if row[9] is None else bytes(row[9]),
+        must_change_password=bool(row[10]),
+        quota=None if row[11] is None else int(row[11]),
+        append_only=bool(row[12]),
+        created_ns=int(row[13]),
+        last_backup_ns=None if row[14] is None else int(row[14]),
+        last_backup_result=None if row[15] is None else str(row[15]),
+    )
