@@ -119,3 +119,7 @@ def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
             else:
                 out[rel] = ("other", st.st_mode)
     return out
+
+
+# Network fixtures (a real strongroom-server per test): see tests/netfixtures.py.
+pytest_plugins = ["netfixtures"]
