@@ -30,7 +30,7 @@ from .config import load_config
     type=click.Path(dir_okay=False),
     envvar="STRONGROOM_SERVER_CONFIG",
     default=None,
-    help="TOML config file (see docs/strongroom-server.toml.example).",
+    help="TOML config file (see deploy/strongroom-server.toml.example).",
 )
 @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None, help="PEM certificate.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="PEM private key.")
