@@ -168,7 +168,10 @@ class Session:
         except Close:
             raise
         except StrongroomError as exc:
-            await self._send(_error_for(exc), rid)
+            reply = _error_for(exc)
+            who = self.user.name if self.user else "?"
+            log.warning("%s: user %r: %s refused: %s", self.address, who, m.describe(msg), exc)
+            await self._send(reply, rid)
         return True
 
     async def _hello(self, msg: m.Hello, rid: int) -> bool:
