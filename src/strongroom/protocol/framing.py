@@ -13,6 +13,7 @@ from .codec import ProtocolError
 from .messages import Message, encode_payload
 
 MAX_FRAME = 32 * 1024 * 1024  # hard limit on one frame's body (type + request ID + payload)
+MAX_LOGIN_FRAME = 64 * 1024  # before a login succeeds nobody needs more
 _HEADER = struct.Struct("!IBI")  # body length, message type, request ID
 HEADER_SIZE = _HEADER.size
 _MIN_BODY = HEADER_SIZE - 4
@@ -36,7 +37,7 @@ def encode_frame(msg: Message, request_id: int) -> bytes:
 class FrameDecoder:
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
-        self._max = max_frame
+        self.max_frame = max_frame  # may be changed between frames (e.g. raised after login)
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -59,8 +60,8 @@ class FrameDecoder:
         if len(self._buf) < 4:
             return None
         (size,) = struct.unpack_from("!I", self._buf)
-        if size > self._max:
-            raise ProtocolError(f"frame of {size} bytes is over the {self._max} byte limit")
+        if size > self.max_frame:
+            raise ProtocolError(f"frame of {size} bytes is over the {self.max_frame} byte limit")
         if size < _MIN_BODY:
             raise ProtocolError("frame is too short")
         if len(self._buf) < 4 + size:

@@ -19,7 +19,7 @@ from ..errors import IntegrityError, RepositoryError, StrongroomError
 from ..keys import KeyFile
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
-from ..protocol.framing import Frame, FrameDecoder, encode_frame
+from ..protocol.framing import MAX_FRAME, MAX_LOGIN_FRAME, Frame, FrameDecoder, encode_frame
 from ..protocol.state import WRITES, Phase, ServerState
 from ..snapshot import is_snapshot_id
 from . import auth
@@ -59,7 +59,7 @@ class Session:
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.host = peer[0] if isinstance(peer, tuple) else str(peer)
         self.state = ServerState()
-        self.decoder = FrameDecoder()
+        self.decoder = FrameDecoder(MAX_LOGIN_FRAME)  # raised to MAX_FRAME by a login
         self.user: User | None = None
         self.store: UserStore | None = None
         self.manifest: set[bytes] = set()
@@ -204,6 +204,7 @@ class Session:
             self.ctx.stores.acquire, user.storage_id, self.ctx.datadir.storage_path(user.storage_id)
         )
         self.user = user
+        self.decoder.max_frame = MAX_FRAME
         self.state.phase = Phase.MUST_CHANGE_PASSWORD if user.must_change_password else Phase.READY
         flags = (m.LOGIN_MUST_CHANGE_PASSWORD if user.must_change_password else 0) | (
             m.LOGIN_APPEND_ONLY if user.append_only else 0
