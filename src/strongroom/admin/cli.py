@@ -46,10 +46,7 @@ class Admin:
     @property
     def datadir(self) -> DataDir:
         if not self._ready:
-            existed = self._datadir.root.exists()
             self._datadir.ensure()
-            if not existed:
-                click.echo(f"created data folder {self._datadir.root}", err=True)
             self._ready = True
         return self._datadir
 

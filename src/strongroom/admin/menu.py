@@ -49,6 +49,9 @@ def run_menu(datadir: DataDir, db: UserDB) -> None:
             return
         except StrongroomError as exc:
             print(f"error: {exc}")
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"error: {exc.strerror or exc}{where}")
 
 
 def _add(datadir: DataDir, db: UserDB) -> None:

@@ -86,11 +86,12 @@ def _recorded_folder(r: Repository) -> tuple[str, ...]:
             "no folder is recorded for you on the server: give the folders to back up "
             "(or ask the admin to set one with 'strongroom-admin user set NAME --directory DIR')"
         )
-    if not os.path.isdir(r.directory):
+    folder = os.path.expanduser(r.directory)  # the admin may record '~/Documents'
+    if not os.path.isdir(folder):
         raise StrongroomError(
             f"{r.directory}: the folder recorded for you on the server does not exist here"
         )
-    return (r.directory,)
+    return (folder,)
 
 
 def _parent(snapshots: list[Snapshot], paths: list[str], host: str) -> Snapshot | None:

@@ -106,18 +106,21 @@ def validate_directory(directory: str) -> None:
         )
 
 
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(?:([KMGTPE])(?:i?B)?|B)?\s*", re.ASCII)
-_UNITS = {None: 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+_SIZE = re.compile(
+    r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(?:([KMGTPE])(?:i?B)?|B)?\s*", re.ASCII | re.IGNORECASE
+)
+_UNITS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
 MAX_SIZE = 2**63 - 1  # SQLite's INTEGER
 
 
 def parse_size(text: str) -> int:
     """'500M', '10G', '1.5T', '10GiB', '1024' -> bytes (binary units, fractions rounded down)."""
-    match = _SIZE.fullmatch(text.upper()) if len(text) <= 40 else None
+    match = _SIZE.fullmatch(text) if len(text) <= 40 else None
     if match is None:
         raise UsageError(f"invalid size {text[:40]!r}: use e.g. 500M, 10G, 1.5T or a byte count")
+    power = _UNITS[(match.group(2) or "").upper()]
     try:
-        value = int(Decimal(match.group(1)) * 1024 ** _UNITS[match.group(2)])
+        value = int(Decimal(match.group(1)) * 1024**power)
     except InvalidOperation:  # pragma: no cover - the pattern admits only decimal numbers
         raise UsageError(f"invalid size {text!r}") from None
     if value > MAX_SIZE:
