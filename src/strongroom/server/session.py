@@ -270,8 +270,10 @@ class Session:
             await self._send_ids(list(ids), rid)
         elif isinstance(msg, m.ReadAll):
             await self._stream_blobs(
-                ((bid, m.BLOB_INTACT if ok else m.BLOB_DAMAGED, data)
-                 for bid, ok, data in store.store.iter_verified()),
+                (
+                    (bid, m.BLOB_INTACT if ok else m.BLOB_DAMAGED, data)
+                    for bid, ok, data in store.store.iter_verified()
+                ),
                 rid,
             )
         elif isinstance(msg, m.CheckStorage):
