@@ -30,10 +30,12 @@ class UserStore:
             if blob_type not in (BlobType.DATA, BlobType.TREE):
                 raise ValueError(f"unknown blob type {blob_type}")
         with self.lock:
-            missing = self.store.missing(b[0] for b in blobs)
+            # Stored ones are skipped (another machine of this user sent them), and revived if
+            # GC had condemned them: this backup is about to reference them.
+            present = self.store.revive(b[0] for b in blobs)
             added = 0
             for bid, blob_type, data in blobs:
-                if bid in missing and self.store.add_blob(bid, blob_type, data):
+                if bid not in present and self.store.add_blob(bid, blob_type, data):
                     added += 1
             return added
 

@@ -4,6 +4,6 @@ The same code backs a local `--repo` folder and, on the server, each user's stor
 holds a key: it sees blob IDs, sizes, checksums of encrypted bytes, and snapshot manifests.
 """
 
-from .packstore import BlobLocation, PackStore, SnapshotRow
+from .packstore import BlobLocation, PackMissing, PackStore, SnapshotRow
 
-__all__ = ["BlobLocation", "PackStore", "SnapshotRow"]
+__all__ = ["BlobLocation", "PackMissing", "PackStore", "SnapshotRow"]

@@ -35,7 +35,7 @@ from .lock import WriterLock
 
 PACK_TARGET_SIZE = 8 * 1024 * 1024
 _WRITE_QUEUE_DEPTH = 1  # packs waiting for disk: memory stays under ~3 x PACK_TARGET_SIZE
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -52,14 +52,17 @@ CREATE TABLE IF NOT EXISTS blobs(
     pack INTEGER NOT NULL REFERENCES packs(id),
     offset INTEGER NOT NULL,
     length INTEGER NOT NULL,
-    checksum BLOB NOT NULL
+    checksum BLOB NOT NULL,
+    condemned_ns INTEGER  -- set by GC when unreferenced; NULL = live (see store/gc.py)
 );
 CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
 CREATE TABLE IF NOT EXISTS snapshots(
     id INTEGER PRIMARY KEY,
     snap_id TEXT UNIQUE NOT NULL,
     time_ns INTEGER NOT NULL,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    series TEXT NOT NULL DEFAULT '',  -- keyed hash of host + paths: groups for retention
+    protected INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS snapshot_blobs(
     snapshot INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
@@ -85,6 +88,22 @@ class SnapshotRow:
     snap_id: str
     time_ns: int
     record: bytes
+    series: str = ""
+    protected: bool = False
+
+
+class PackMissing(IntegrityError):
+    """A pack the index named is gone (a concurrent GC may have moved its blobs)."""
+
+
+# Schema 1 -> 2: retention groups, protection, and GC's two-phase deletion.
+_MIGRATIONS = {
+    1: (
+        "ALTER TABLE blobs ADD COLUMN condemned_ns INTEGER",
+        "ALTER TABLE snapshots ADD COLUMN series TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE snapshots ADD COLUMN protected INTEGER NOT NULL DEFAULT 0",
+    ),
+}
 
 
 @dataclass
@@ -170,8 +189,32 @@ class PackStore:
             row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise RepositoryError(f"repository index at {self.root} is unreadable: {exc}") from None
-        if row is None or str(row[0]) != str(_SCHEMA_VERSION):
+        version = int(row[0]) if row is not None and str(row[0]).isdigit() else -1
+        if version in _MIGRATIONS:
+            self._migrate()
+        elif version != _SCHEMA_VERSION:
             raise RepositoryError(f"repository at {self.root} has an unsupported schema")
+
+    def _migrate(self) -> None:
+        """Bring an older index up to date in one transaction (all or nothing)."""
+        with self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+                current = int(row[0])
+                while current in _MIGRATIONS:
+                    for statement in _MIGRATIONS[current]:
+                        self._db.execute(statement)
+                    current += 1
+                if current != _SCHEMA_VERSION:
+                    raise RepositoryError(f"repository at {self.root} has an unsupported schema")
+                self._db.execute(
+                    "UPDATE meta SET value=? WHERE name='schema'", (str(_SCHEMA_VERSION),)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # ---- metadata -------------------------------------------------------------------------
 
@@ -191,12 +234,51 @@ class PackStore:
     # ---- blobs ----------------------------------------------------------------------------
 
     def all_blob_ids(self) -> set[bytes]:
+        """Live blobs: those a new backup may reference without sending them again.
+
+        Blobs GC has condemned are left out, so a backup that needs one sends it and thereby
+        revives it (`revive`) instead of relying on something GC may be about to delete.
+        """
         with self._db_lock:
-            return {bytes(r[0]) for r in self._db.execute("SELECT blob_id FROM blobs")}
+            return {
+                bytes(r[0])
+                for r in self._db.execute("SELECT blob_id FROM blobs WHERE condemned_ns IS NULL")
+            }
 
     def missing(self, blob_ids: Iterable[bytes]) -> set[bytes]:
+        """Of these IDs, those that are not live (absent, or condemned by GC)."""
         wanted = set(blob_ids)
-        return wanted - set(self.locate(wanted))
+        return wanted - self._present(wanted, live_only=True)
+
+    def revive(self, blob_ids: Iterable[bytes]) -> set[bytes]:
+        """Un-condemn those of these blobs that are stored; returns every ID that is stored."""
+        wanted = set(blob_ids)
+        present = self._present(wanted, live_only=False)
+        condemned = present - self._present(present, live_only=True)
+        if condemned:
+            with self._db_lock, self._db:
+                self._db.executemany(
+                    "UPDATE blobs SET condemned_ns = NULL WHERE blob_id = ?",
+                    ((b,) for b in condemned),
+                )
+        return present
+
+    def _present(self, wanted: set[bytes], *, live_only: bool) -> set[bytes]:
+        if not wanted:
+            return set()
+        with self._db_lock, self._db:
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS probe(blob_id BLOB PRIMARY KEY)")
+            self._db.execute("DELETE FROM temp.probe")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO temp.probe(blob_id) VALUES(?)", ((b,) for b in wanted)
+            )
+            rows = self._db.execute(
+                "SELECT b.blob_id FROM temp.probe w JOIN blobs b ON b.blob_id = w.blob_id "
+                "WHERE (? = 0 OR b.condemned_ns IS NULL)",
+                (int(live_only),),
+            ).fetchall()
+            self._db.execute("DELETE FROM temp.probe")
+        return {bytes(r[0]) for r in rows}
 
     def add_blob(self, blob_id: bytes, blob_type: int, stored: bytes) -> bool:
         """Queue an encrypted blob for storage. Returns False if it was already pending."""
@@ -360,14 +442,26 @@ class PackStore:
     def read_blobs(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """Yield (blob_id, stored bytes) in pack order; raise IntegrityError for missing ones."""
         wanted = list(dict.fromkeys(blob_ids))
-        locs = self.locate(wanted)
-        missing = [b for b in wanted if b not in locs]
-        if missing:
-            raise IntegrityError(
-                f"{len(missing)} blob(s) missing from the repository, e.g. {missing[0].hex()[:16]}"
-            )
-        ordered = sorted(locs.values(), key=lambda loc: (loc.pack, loc.offset))
-        yield from self.read_locations(ordered)
+        for attempt in range(3):
+            locs = self.locate(wanted)
+            missing = [b for b in wanted if b not in locs]
+            if missing:
+                raise IntegrityError(
+                    f"{len(missing)} blob(s) missing from the repository, "
+                    f"e.g. {missing[0].hex()[:16]}"
+                )
+            ordered = sorted(locs.values(), key=lambda loc: (loc.pack, loc.offset))
+            done: set[bytes] = set()
+            try:
+                for bid, data in self.read_locations(ordered):
+                    done.add(bid)
+                    yield bid, data
+                return
+            except PackMissing:
+                if attempt == 2:
+                    raise
+                # A concurrent GC repacked these blobs: look up where they are now.
+                wanted = [b for b in wanted if b not in done]
 
     def read_locations(self, ordered: list[BlobLocation]) -> Iterator[tuple[bytes, bytes]]:
         current: str | None = None
@@ -383,7 +477,7 @@ class PackStore:
                             self.pack_path(loc.pack), os.O_RDONLY | getattr(os, "O_BINARY", 0)
                         )
                     except FileNotFoundError:
-                        raise IntegrityError(f"pack {loc.pack[:16]} is missing") from None
+                        raise PackMissing(f"pack {loc.pack[:16]} is missing") from None
                     current = loc.pack
                 data = (
                     os.pread(fd, loc.length, loc.offset)
@@ -446,7 +540,12 @@ class PackStore:
     # ---- snapshots ------------------------------------------------------------------------
 
     def commit_snapshot(
-        self, snap_id: str, time_ns: int, record: bytes, manifest: Iterable[bytes]
+        self,
+        snap_id: str,
+        time_ns: int,
+        record: bytes,
+        manifest: Iterable[bytes],
+        series: str = "",
     ) -> None:
         """Make a snapshot visible, atomically, only if every blob it references is stored."""
         if self._lock is None:
@@ -467,10 +566,16 @@ class PackStore:
                     f"snapshot references {len(ids) - found} blob(s) the repository does not have"
                 )
             cur = self._db.execute(
-                "INSERT INTO snapshots(snap_id, time_ns, record) VALUES(?, ?, ?) RETURNING id",
-                (snap_id, time_ns, record),
+                "INSERT INTO snapshots(snap_id, time_ns, record, series) VALUES(?, ?, ?, ?) "
+                "RETURNING id",
+                (snap_id, time_ns, record, series),
             )
             row_id = cur.fetchone()[0]
+            # Referenced again: whatever GC condemned among these is live once more.
+            self._db.execute(
+                "UPDATE blobs SET condemned_ns = NULL WHERE condemned_ns IS NOT NULL "
+                "AND blob_id IN (SELECT blob_id FROM temp.manifest)"
+            )
             self._db.execute(
                 "INSERT INTO snapshot_blobs(snapshot, blob) "
                 "SELECT ?, b.id FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id",
@@ -481,9 +586,19 @@ class PackStore:
     def list_snapshots(self) -> list[SnapshotRow]:
         with self._db_lock:
             rows = self._db.execute(
-                "SELECT snap_id, time_ns, record FROM snapshots ORDER BY time_ns, snap_id"
+                "SELECT snap_id, time_ns, record, series, protected FROM snapshots "
+                "ORDER BY time_ns, snap_id"
             ).fetchall()
-        return [SnapshotRow(r[0], r[1], bytes(r[2])) for r in rows]
+        return [SnapshotRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+
+    def set_protected(self, snap_id: str, protected: bool) -> bool:
+        if self._lock is None:
+            raise RepositoryError("store was opened read-only")
+        with self._db_lock, self._db:
+            cur = self._db.execute(
+                "UPDATE snapshots SET protected = ? WHERE snap_id = ?", (int(protected), snap_id)
+            )
+            return cur.rowcount > 0
 
     def snapshot_manifest(self, snap_id: str) -> set[bytes]:
         with self._db_lock:
@@ -495,9 +610,15 @@ class PackStore:
         return {bytes(r[0]) for r in rows}
 
     def delete_snapshot(self, snap_id: str) -> bool:
+        """Remove a snapshot (never a protected one); its blobs become garbage for GC."""
         if self._lock is None:
             raise RepositoryError("store was opened read-only")
         with self._db_lock, self._db:
+            row = self._db.execute(
+                "SELECT protected FROM snapshots WHERE snap_id = ?", (snap_id,)
+            ).fetchone()
+            if row is not None and row[0]:
+                raise RepositoryError(f"snapshot {snap_id[:8]} is protected; unprotect it first")
             cur = self._db.execute("DELETE FROM snapshots WHERE snap_id = ?", (snap_id,))
             return cur.rowcount > 0
 
