@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 
@@ -349,38 +350,7 @@ class PackStore:
         raise exc
 
     def _write_pack(self, pack: _PendingPack) -> None:
-        # Hash and write the parts as they are: joining them would double the pack's memory.
-        hasher = blake3.blake3()
-        for part in pack.parts:
-            hasher.update(part)
-        name = hasher.hexdigest()
-        folder = self.root / "packs" / name[:2]
-        if _mkdir(folder):
-            # A new subfolder is only durable once its parent is fsync'd; without this a power
-            # loss could drop the folder, and with it a pack the index already points to.
-            _fsync_dir(folder.parent)
-        final = folder / name
-        tmp = folder / (name + ".tmp")
-        try:
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600
-            )
-            try:
-                for part in pack.parts:
-                    view = memoryview(part)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except BaseException:
-            # Do not leave a partial pack behind (on a full disk it holds space we need).
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(folder)
+        name = self.write_pack_file(pack.parts)
         with self._db_lock, self._db:
             cur = self._db.execute(
                 "INSERT INTO packs(name, size, created_ns) VALUES(?, ?, ?) "
@@ -395,6 +365,66 @@ class PackStore:
             )
         pack.parts.clear()
         self.bytes_written += pack.size
+
+    def write_pack_file(self, parts: list[bytes]) -> str:
+        """Write a pack durably under its content name (BLAKE3 of its bytes); not indexed yet.
+
+        Until its blobs are indexed such a pack is a leftover that the next writer's open
+        removes, so a crash before indexing loses nothing that was ever visible.
+        """
+        # Hash and write the parts as they are: joining them would double the pack's memory.
+        hasher = blake3.blake3()
+        for part in parts:
+            hasher.update(part)
+        name = hasher.hexdigest()
+        folder = self.root / "packs" / name[:2]
+        if _mkdir(folder):
+            # A new subfolder is only durable once its parent is fsync'd; without this a power
+            # loss could drop the folder, and with it a pack the index already points to.
+            _fsync_dir(folder.parent)
+        final = folder / name
+        tmp = folder / (name + ".tmp")
+        try:
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600
+            )
+            try:
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            # Do not leave a partial pack behind (on a full disk it holds space we need).
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(folder)
+        return name
+
+    def remove_pack_file(self, name: str) -> None:
+        """Delete a pack file the index no longer names (GC, after its transaction)."""
+        path = self.pack_path(name)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        _fsync_dir(path.parent)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The index, locked and inside one transaction (for GC, which lives in store/gc.py)."""
+        if self._lock is None:
+            raise RepositoryError("store was opened read-only")
+        with self._db_lock, self._db:
+            yield self._db
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read-only rows from the index (usage reports, scrub)."""
+        with self._db_lock:
+            return list(self._db.execute(sql, params).fetchall())
 
     def locate(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
         ids = blob_ids if isinstance(blob_ids, (list, set, tuple)) else list(blob_ids)
