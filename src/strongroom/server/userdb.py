@@ -25,7 +25,7 @@ from ..crypto import KdfParams
 from ..errors import StrongroomError, UsageError
 from ..keys import KeyFile
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # _MIGRATIONS[i] takes the schema from version i to i + 1 (version 0 = empty file).
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -49,13 +49,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             last_backup_result TEXT
         )""",
     ),
+    (
+        # Retention: a per-user policy (JSON, see retention.Policy) and server-wide settings
+        # such as the default policy, both changed by the admin while the server runs.
+        "ALTER TABLE users ADD COLUMN policy TEXT",
+        "CREATE TABLE settings(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 _SELECT = (
     "SELECT id, name, storage_id, directory, salt, kdf_memory_kib, kdf_iterations, kdf_lanes, "
     "auth_hash, keyfile, must_change_password, quota, append_only, created_ns, "
-    "last_backup_ns, last_backup_result FROM users"
+    "last_backup_ns, last_backup_result, policy FROM users"
 )
 
 
@@ -75,6 +81,7 @@ class User:
     created_ns: int
     last_backup_ns: int | None
     last_backup_result: str | None
+    policy: str | None = None  # retention policy JSON; None = the server's default
 
 
 _USERNAME = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}", re.ASCII)
@@ -301,8 +308,10 @@ class UserDB:
         directory: str | None = None,
         quota: int | Literal["unset"] | None = "unset",
         append_only: bool | None = None,
+        policy: str | Literal["unset"] | None = "unset",
     ) -> User:
-        """Change the given settings (None / "unset" = leave alone; quota=None removes it)."""
+        """Change the given settings (None / "unset" = leave alone; quota=None removes it,
+        policy=None returns the user to the server's default policy)."""
         if directory is not None:
             validate_directory(directory)
         if quota != "unset":
@@ -323,6 +332,8 @@ class UserDB:
                     self._db.execute(
                         "UPDATE users SET append_only = ? WHERE id = ?", (int(append_only), uid)
                     )
+                if policy != "unset":
+                    self._db.execute("UPDATE users SET policy = ? WHERE id = ?", (policy, uid))
             row = self._db.execute(_SELECT + " WHERE id = ?", (uid,)).fetchone()
         return _user(row)
 
@@ -333,6 +344,22 @@ class UserDB:
                 "UPDATE users SET last_backup_ns = ?, last_backup_result = ? WHERE id = ?",
                 (time_ns, result, uid),
             )
+
+    def get_setting(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, name: str, value: str | None) -> None:
+        with self._lock, self._transaction():
+            if value is None:
+                self._db.execute("DELETE FROM settings WHERE name = ?", (name,))
+            else:
+                self._db.execute(
+                    "INSERT INTO settings(name, value) VALUES(?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -366,4 +393,5 @@ def _user(row: Any) -> User:
         created_ns=int(row[13]),
         last_backup_ns=None if row[14] is None else int(row[14]),
         last_backup_result=None if row[15] is None else str(row[15]),
+        policy=None if row[16] is None else str(row[16]),
     )
