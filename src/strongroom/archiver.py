@@ -53,7 +53,7 @@ from .smallfiles import (
     init_process,
     read_batch_in_process,
 )
-from .snapshot import Snapshot, new_snapshot_id, seal_snapshot
+from .snapshot import Snapshot, new_snapshot_id, seal_snapshot, series_of
 from .tree import ContentRef, Node
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -225,6 +225,7 @@ class Archiver:
         tags: list[str] | None = None,
         exclude_patterns: list[str] | None = None,
         host: str | None = None,
+        time_ns: int | None = None,
     ) -> BackupResult:
         started = time.monotonic()
         self._racy_after = time.time_ns() - _RACY_WINDOW_NS
@@ -238,7 +239,7 @@ class Archiver:
         interval = sys.getswitchinterval()
         sys.setswitchinterval(float(os.environ.get("STRONGROOM_SWITCH_INTERVAL", "0.0005")))
         try:
-            return self._run(paths, parent, tags, exclude_patterns, host, started)
+            return self._run(paths, parent, tags, exclude_patterns, host, time_ns, started)
         finally:
             sys.setswitchinterval(interval)
             gc.set_threshold(*thresholds)
@@ -250,6 +251,7 @@ class Archiver:
         tags: list[str] | None,
         exclude_patterns: list[str] | None,
         host: str | None,
+        time_ns: int | None,
         started: float,
     ) -> BackupResult:
         roots = self._check_roots(paths)
@@ -282,7 +284,7 @@ class Archiver:
         self.repo.flush()
         snap = Snapshot(
             id=new_snapshot_id(),
-            time_ns=time.time_ns(),
+            time_ns=time_ns if time_ns is not None else time.time_ns(),
             host=host or socket.gethostname(),
             username=_username(),
             paths=[r[1] for r in roots],
@@ -306,7 +308,11 @@ class Archiver:
         result.bytes_uploaded = self.repo.bytes_uploaded()
         snap.stats = result.stats()
         self.repo.commit_snapshot(
-            snap.id, snap.time_ns, seal_snapshot(self.repo.keys.aead(), snap), manifest
+            snap.id,
+            snap.time_ns,
+            seal_snapshot(self.repo.keys.aead(), snap),
+            manifest,
+            series_of(self.repo.keys.hasher(), snap.host, snap.paths),
         )
         if self.cache is not None:
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import crypto
 from .blobs import CodecPool
@@ -31,7 +31,12 @@ class Repository(Protocol):
     def flush(self) -> None: ...
     def read_blobs(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]: ...
     def commit_snapshot(
-        self, snap_id: str, time_ns: int, record: bytes, manifest: Iterable[bytes]
+        self,
+        snap_id: str,
+        time_ns: int,
+        record: bytes,
+        manifest: Iterable[bytes],
+        series: str = "",
     ) -> None: ...
     def snapshot_rows(self) -> list[SnapshotRow]: ...
     def snapshot_manifest(self, snap_id: str) -> set[bytes]: ...
@@ -39,6 +44,8 @@ class Repository(Protocol):
     def storage_problems(self) -> list[str]: ...
     def change_password(self, new_password: bytes) -> None: ...
     def delete_snapshot(self, snap_id: str) -> bool: ...
+    def set_protected(self, snap_id: str, protected: bool) -> bool: ...
+    def prune(self, *, dry_run: bool = False) -> dict[str, Any]: ...
     def bytes_uploaded(self) -> int: ...
     def close(self) -> None: ...
 
@@ -108,9 +115,23 @@ class LocalRepository:
         return self.store.read_blobs(blob_ids)
 
     def commit_snapshot(
-        self, snap_id: str, time_ns: int, record: bytes, manifest: Iterable[bytes]
+        self,
+        snap_id: str,
+        time_ns: int,
+        record: bytes,
+        manifest: Iterable[bytes],
+        series: str = "",
     ) -> None:
-        self.store.commit_snapshot(snap_id, time_ns, record, manifest)
+        self.store.commit_snapshot(snap_id, time_ns, record, manifest, series)
+
+    def set_protected(self, snap_id: str, protected: bool) -> bool:
+        return self.store.set_protected(snap_id, protected)
+
+    def prune(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """GC in this process: the local writer lock keeps backups out, so nothing waits."""
+        from .store.gc import collect_garbage
+
+        return collect_garbage(self.store, dry_run=dry_run).to_json()
 
     def snapshot_rows(self) -> list[SnapshotRow]:
         return self.store.list_snapshots()

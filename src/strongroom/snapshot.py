@@ -42,6 +42,13 @@ class Snapshot:
         return asdict(self)
 
 
+def series_of(hasher: crypto.BlobHasher, host: str, paths: list[str]) -> str:
+    """Which series of backups a snapshot belongs to (same host, same paths), as a keyed hash:
+    the server can group snapshots for retention without learning the host or the paths."""
+    key = "\0".join([host, *sorted(paths)]).encode("utf-8", "surrogateescape")
+    return hasher(b"strongroom v1 series\0" + key).hex()[:32]
+
+
 def new_snapshot_id() -> str:
     return os.urandom(16).hex()
 

@@ -94,6 +94,18 @@ def _recorded_folder(r: Repository) -> tuple[str, ...]:
     return (folder,)
 
 
+def _parse_time(text: str) -> int:
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"--time {text!r}: use a date and time like '2026-11-29 14:00'") from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time, as a person means it
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
 def _parent(snapshots: list[Snapshot], paths: list[str], host: str) -> Snapshot | None:
     key = sorted(paths)
     same = [s for s in snapshots if sorted(s.paths) == key and s.host == host]
@@ -115,6 +127,12 @@ def _parent(snapshots: list[Snapshot], paths: list[str], host: str) -> Snapshot 
 )
 @click.option("--tag", "tags", multiple=True, help="Add a tag to the snapshot (repeatable).")
 @click.option("--host", default=None, help="Host name to record (default: this machine's).")
+@click.option(
+    "--time",
+    "snap_time",
+    default=None,
+    help="Time to record for the snapshot, e.g. '2026-11-29 14:00' (local time; default now).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--no-cache", is_flag=True, help="Do not use or update the local cache.")
 @handle_errors
@@ -125,10 +143,11 @@ def backup(
     exclude_files: tuple[str, ...],
     tags: tuple[str, ...],
     host: str | None,
+    snap_time: str | None,
     as_json: bool,
     no_cache: bool,
 ) -> None:
-    """Back up PATHS into a new snapshot."""
+    """Back up PATHS (default: the folder recorded for you on the server) into a new snapshot."""
     from ..archiver import Archiver
     from ..cache import LocalCache
     from .progress import ProgressBar
@@ -157,7 +176,12 @@ def backup(
                 warn=lambda m: bar.print(f"warning: {_display(m)}"),
             )
             result = archiver.run(
-                abs_paths, parent, tags=list(tags), exclude_patterns=patterns, host=hostname
+                abs_paths,
+                parent,
+                tags=list(tags),
+                exclude_patterns=patterns,
+                host=hostname,
+                time_ns=_parse_time(snap_time) if snap_time else None,
             )
         if cache is not None:
             cache.close()
@@ -358,24 +382,6 @@ def restore(where: Where, snapshot: str, target: str, includes: tuple[str, ...])
         sys.exit(EXIT_PARTIAL)
 
 
-@cli.command()
-@repo_options
-@click.argument("snapshot_ids", nargs=-1, required=True)
-@handle_errors
-def forget(where: Where, snapshot_ids: tuple[str, ...]) -> None:
-    """Remove snapshots by ID (their data is reclaimed by a later prune)."""
-    r = open_repo(where, writer=True)
-    try:
-        snaps = load_snapshots(r)
-        # All names are resolved before anything is removed; "latest 1a2b" may name one twice.
-        chosen = {snap.id: snap for snap in (resolve(snaps, s) for s in snapshot_ids)}
-        for s in chosen.values():
-            r.delete_snapshot(s.id)
-            click.echo(f"removed snapshot {s.short_id}")
-    finally:
-        r.close()
-
-
 @cli.command(name="check")
 @repo_options
 @click.option("--read-data", is_flag=True, help="Also read and verify every stored blob.")
@@ -471,6 +477,10 @@ def login(
     finally:
         r.close()
     click.echo(f"logged in as {user} at {server}; {n} snapshot(s); your folder: {folder}")
+
+
+# forget, protect and prune live in their own module; importing it registers them on `cli`.
+from . import lifecycle  # noqa: E402, F401
 
 
 def main() -> None:

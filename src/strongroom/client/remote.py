@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .. import crypto
 from ..blobs import CodecPool
@@ -131,7 +133,12 @@ class RemoteRepository:
     # ---- snapshots --------------------------------------------------------------------------
 
     def commit_snapshot(
-        self, snap_id: str, time_ns: int, record: bytes, manifest: Iterable[bytes]
+        self,
+        snap_id: str,
+        time_ns: int,
+        record: bytes,
+        manifest: Iterable[bytes],
+        series: str = "",
     ) -> None:
         self.flush()
         ids = list(set(manifest))
@@ -139,7 +146,7 @@ class RemoteRepository:
             self.transport.request(m.ManifestPart(ids[i : i + 65536]))
             for i in range(0, len(ids), 65536)
         ]
-        commit = self.transport.request(m.Commit(snap_id, time_ns, record))
+        commit = self.transport.request(m.Commit(snap_id, time_ns, record, series))
         for fut in parts:
             fut.result()
         commit.result()
@@ -148,7 +155,10 @@ class RemoteRepository:
         rows: list[SnapshotRow] = []
         for part in self.transport.stream(m.ListSnapshots()):
             assert isinstance(part, m.SnapshotRows)
-            rows.extend(SnapshotRow(sid, t, rec) for sid, t, rec in part.rows)
+            rows.extend(
+                SnapshotRow(sid, t, rec, series, bool(prot))
+                for sid, t, rec, series, prot in part.rows
+            )
         return rows
 
     def snapshot_manifest(self, snap_id: str) -> set[bytes]:
@@ -157,6 +167,18 @@ class RemoteRepository:
             assert isinstance(part, m.Ids)
             out.update(part.ids)
         return out
+
+    def set_protected(self, snap_id: str, protected: bool) -> bool:
+        answer = self.transport.call(m.Protect(snap_id, int(protected)))
+        assert isinstance(answer, m.Ok)
+        return bool(answer.value)
+
+    def prune(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Ask the server to collect this account's garbage now; returns its report."""
+        answer = self.transport.call(m.Prune(int(dry_run)))
+        assert isinstance(answer, m.Json)
+        report: dict[str, Any] = json.loads(answer.text)
+        return report
 
     def delete_snapshot(self, snap_id: str) -> bool:
         answer = self.transport.call(m.DeleteSnapshot(snap_id))

@@ -152,10 +152,16 @@ class ManifestPart(Message):
 @dataclass(frozen=True)
 class Commit(Message):
     TYPE = 10
-    FIELDS = (("snap_id", text(NAME_LIMIT)), ("time_ns", U64), ("record", BYTES))
+    FIELDS = (
+        ("snap_id", text(NAME_LIMIT)),
+        ("time_ns", U64),
+        ("record", BYTES),
+        ("series", text(NAME_LIMIT)),
+    )
     snap_id: str
     time_ns: int
     record: bytes
+    series: str = ""  # keyed hash of host + paths: groups snapshots for retention
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,25 @@ class CheckStorage(Message):
 @dataclass(frozen=True)
 class Bye(Message):
     TYPE = 17
+
+
+@dataclass(frozen=True)
+class Protect(Message):
+    """Protect a snapshot from every forget (1), or remove the protection (0)."""
+
+    TYPE = 18
+    FIELDS = (("snap_id", text(NAME_LIMIT)), ("protected", U8))
+    snap_id: str
+    protected: int
+
+
+@dataclass(frozen=True)
+class Prune(Message):
+    """Run garbage collection on this user's storage now; answered with a Json report."""
+
+    TYPE = 19
+    FIELDS = (("dry_run", U8),)
+    dry_run: int = 0
 
 
 # ---- server -> client ------------------------------------------------------------------------
@@ -275,8 +300,8 @@ class Blobs(Message):
 @dataclass(frozen=True)
 class SnapshotRows(Message):
     TYPE = 70
-    FIELDS = (("rows", list_of(tuple_of(text(NAME_LIMIT), U64, BYTES), 16)),)
-    rows: list[tuple[str, int, bytes]]
+    FIELDS = (("rows", list_of(tuple_of(text(NAME_LIMIT), U64, BYTES, text(NAME_LIMIT), U8), 21)),)
+    rows: list[tuple[str, int, bytes, str, int]]  # id, time, record, series, protected
 
 
 @dataclass(frozen=True)
@@ -303,6 +328,15 @@ class Texts(Message):
     items: list[str]
 
 
+@dataclass(frozen=True)
+class Json(Message):
+    """A structured report (e.g. of a garbage collection), as a JSON object."""
+
+    TYPE = 74
+    FIELDS = (("text", text(1024 * 1024)),)
+    text: str
+
+
 BLOB_INTACT = 0
 BLOB_DAMAGED = 1
 
@@ -326,11 +360,25 @@ REQUESTS: dict[int, type[Message]] = {
         ReadAll,
         CheckStorage,
         Bye,
+        Protect,
+        Prune,
     )
 }
 RESPONSES: dict[int, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Welcome, AuthParams, LoginOk, Ok, Ids, Blobs, SnapshotRows, End, Error, Texts)
+    for cls in (
+        Welcome,
+        AuthParams,
+        LoginOk,
+        Ok,
+        Ids,
+        Blobs,
+        SnapshotRows,
+        End,
+        Error,
+        Texts,
+        Json,
+    )
 }
 
 

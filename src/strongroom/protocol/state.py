@@ -22,7 +22,15 @@ class Phase(enum.Enum):
 _PRE_LOGIN: set[type[m.Message]] = {m.AuthParamsRequest, m.Login, m.Bye}
 _MUST_CHANGE: set[type[m.Message]] = {m.SetKeyFile, m.Bye}
 # Requests that change stored data: refused for accounts flagged append-only where they delete.
-WRITES: set[type[m.Message]] = {m.PutBlobs, m.Flush, m.ManifestPart, m.Commit}
+WRITES: set[type[m.Message]] = {
+    m.PutBlobs,
+    m.Flush,
+    m.ManifestPart,
+    m.Commit,
+    m.DeleteSnapshot,
+    m.Protect,
+    m.Prune,
+}
 
 
 class ServerState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import ssl
@@ -11,14 +12,16 @@ import sys
 from dataclasses import dataclass, field
 
 from .. import __version__
+from ..errors import UsageError
 from ..protocol import messages as m
 from ..protocol.framing import encode_frame
+from ..retention import Policy
 from .config import ServerConfig
 from .datadir import DataDir
 from .session import Session
 from .stores import StoreRegistry
 from .throttle import FailureThrottle
-from .userdb import UserDB
+from .userdb import User, UserDB
 
 log = logging.getLogger("strongroom.server")
 
@@ -35,6 +38,18 @@ class ServerContext:
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
     version: str = __version__
     connections: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def policy_for(self, user: User) -> Policy | None:
+        """The user's retention policy, else the server-wide default (both set by the admin)."""
+        raw = user.policy if user.policy is not None else self.userdb.get_setting("default_policy")
+        if raw is None:
+            return None
+        try:
+            policy = Policy.from_json(json.loads(raw))
+        except (ValueError, UsageError) as exc:
+            log.warning("ignoring an invalid retention policy for %r: %s", user.name, exc)
+            return None
+        return None if policy.is_empty() else policy
 
 
 async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = None) -> None:
@@ -59,6 +74,10 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
         ctx.connections.add(task)
         try:
             await Session(ctx, reader, writer).run()
+        except asyncio.CancelledError:
+            # The server is stopping. Ending normally matters: on Python 3.11 a cancelled
+            # connection task makes asyncio log "Unhandled exception" with a traceback.
+            log.info("closed a connection: the server is stopping")
         except Exception:  # a bug in one session must never take the server down
             log.exception("session failed")
         finally:

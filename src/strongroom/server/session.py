@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..blobs import BlobType
 from ..errors import IntegrityError, RepositoryError, StrongroomError
 from ..keys import KeyFile
 from ..protocol import messages as m
@@ -22,6 +25,7 @@ from ..protocol.codec import ProtocolError
 from ..protocol.framing import MAX_FRAME, MAX_LOGIN_FRAME, Frame, FrameDecoder, encode_frame
 from ..protocol.state import WRITES, Phase, ServerState
 from ..snapshot import is_snapshot_id
+from ..store.gc import GcReport
 from . import auth
 from .stores import UserStore
 from .userdb import User
@@ -38,6 +42,7 @@ IDS_PER_PART = 65536
 MAX_MANIFEST = 4_000_000  # IDs staged for one commit (~128 MiB at most)
 MAX_RECORD = 1024 * 1024
 MAX_STORED_BLOB = 16 * 1024 * 1024 + 1024
+_BLOB_TYPES = frozenset(int(t) for t in BlobType)
 
 
 class Close(Exception):
@@ -126,7 +131,7 @@ class Session:
     async def _cleanup(self, reason: str) -> None:
         if self.store is not None and self.user is not None:
             self.store = None
-            await asyncio.to_thread(self.ctx.stores.release, self.user.storage_id)
+            await asyncio.to_thread(self.ctx.stores.release, self.user.storage_id, self)
         self.writer.close()
         with contextlib.suppress(OSError, ConnectionError, TimeoutError, RuntimeError):
             await asyncio.wait_for(self.writer.wait_closed(), 5)
@@ -201,7 +206,10 @@ class Session:
             return True
         self.ctx.throttle.succeeded(msg.user, self.host)
         self.store = await self._thread(
-            self.ctx.stores.acquire, user.storage_id, self.ctx.datadir.storage_path(user.storage_id)
+            self.ctx.stores.acquire,
+            user.storage_id,
+            self.ctx.datadir.storage_path(user.storage_id),
+            self,
         )
         self.user = user
         self.decoder.max_frame = MAX_FRAME
@@ -256,13 +264,29 @@ class Session:
             await self._list_snapshots(store, rid)
         elif isinstance(msg, m.DeleteSnapshot):
             if user.append_only:
-                raise StrongroomError("append-only account: snapshots cannot be removed")
-            removed = await self._thread(store.store.delete_snapshot, msg.snap_id)
+                raise _Forbidden("append-only account: snapshots cannot be removed")
+            try:
+                removed = await self._thread(store.store.delete_snapshot, msg.snap_id)
+            except RepositoryError as exc:  # a protected snapshot
+                raise _Forbidden(str(exc)) from None
             if removed:
                 log.info(
                     "%s: user %r removed snapshot %s", self.address, user.name, msg.snap_id[:8]
                 )
             await self._send(m.Ok(int(removed)), rid)
+        elif isinstance(msg, m.Protect):
+            if user.append_only and not msg.protected:
+                raise _Forbidden("append-only account: protection cannot be removed")
+            changed = await self._thread(
+                store.store.set_protected, msg.snap_id, bool(msg.protected)
+            )
+            await self._send(m.Ok(int(changed)), rid)
+        elif isinstance(msg, m.Prune):
+            report = await self._thread(
+                functools.partial(store.gc, dry_run=bool(msg.dry_run), exclude=self)
+            )
+            self._log_gc(user, report)
+            await self._send(m.Json(json.dumps(report.to_json())), rid)
         elif isinstance(msg, m.ReadBlobs):
             await self._stream_blobs(store.read(msg.ids), rid)
         elif isinstance(msg, m.GetManifest):
@@ -298,9 +322,11 @@ class Session:
 
     async def _put(self, user: User, store: UserStore, msg: m.PutBlobs, rid: int) -> None:
         size = 0
-        for _bid, _type, data in msg.blobs:
+        for _bid, blob_type, data in msg.blobs:
             if len(data) > MAX_STORED_BLOB:
                 raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "blob is over the size limit"))
+            if blob_type not in _BLOB_TYPES:
+                raise Close(m.Error(m.ErrorCode.BAD_REQUEST, f"unknown blob type {blob_type}"))
             size += len(data)
         if user.quota is not None:
             used = await self._thread(store.used_bytes)
@@ -321,7 +347,9 @@ class Session:
             raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "snapshot record is too large"))
         manifest, self.manifest = self.manifest, set()
         try:
-            await self._thread(store.commit, msg.snap_id, msg.time_ns, msg.record, manifest)
+            await self._thread(
+                store.commit, msg.snap_id, msg.time_ns, msg.record, manifest, msg.series
+            )
         except StrongroomError as exc:
             await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), "failed")
             log.warning("%s: user %r: commit failed: %s", self.address, user.name, exc)
@@ -338,13 +366,52 @@ class Session:
         )
         self.put_blobs = self.put_bytes = 0
         await self._send(m.Ok(), rid)
+        await self._after_backup(user, store)
+
+    async def _after_backup(self, user: User, store: UserStore) -> None:
+        """The admin's retention policy, applied by the server itself (append-only accounts
+        too), then a GC of what it released. The client has its answer already."""
+        policy = await self._thread(self.ctx.policy_for, user)
+        if policy is None:
+            return
+        try:
+            decisions = await self._thread(store.apply_policy, policy)
+            removed = [d.candidate.id[:8] for d in decisions if not d.keep]
+            if not removed:
+                return
+            log.info(
+                "%s: user %r: policy (%s) removed %d snapshot(s): %s",
+                self.address,
+                user.name,
+                policy.describe(),
+                len(removed),
+                " ".join(removed),
+            )
+            report = await self._thread(functools.partial(store.gc, exclude=self))
+            self._log_gc(user, report)
+        except StrongroomError as exc:
+            log.warning("%s: user %r: retention failed: %s", self.address, user.name, exc)
+
+    def _log_gc(self, user: User, report: GcReport) -> None:
+        log.info(
+            "%s: user %r: gc%s: %d blobs deleted, %d packs deleted, %d repacked, "
+            "%d bytes reclaimed, %d blobs waiting for running backups",
+            self.address,
+            user.name,
+            " (dry run)" if report.dry_run else "",
+            report.deleted_blobs,
+            report.deleted_packs,
+            report.repacked_packs,
+            report.reclaimed_bytes,
+            report.waiting_blobs,
+        )
 
     async def _list_snapshots(self, store: UserStore, rid: int) -> None:
         rows = await self._thread(store.snapshots)
-        part: list[tuple[str, int, bytes]] = []
+        part: list[tuple[str, int, bytes, str, int]] = []
         size = 0
         for row in rows:
-            part.append((row.snap_id, row.time_ns, row.record))
+            part.append((row.snap_id, row.time_ns, row.record, row.series, int(row.protected)))
             size += len(row.record) + 100
             if size >= CHUNK_BYTES:
                 await self._send(m.SnapshotRows(part), rid)

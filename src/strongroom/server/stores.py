@@ -8,12 +8,15 @@ two backups of the same user then never see each other's half-flushed packs.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..blobs import BlobType
 from ..errors import RepositoryError
+from ..retention import Candidate, Decision, Policy, apply_policy
 from ..store import PackStore, SnapshotRow
+from ..store.gc import GcReport, collect_garbage
 
 
 class UserStore:
@@ -22,7 +25,9 @@ class UserStore:
             PackStore.create(path, meta={"repo_id": path.name.encode()}).close()
         self.store = PackStore(path, writer=True)
         self.lock = threading.Lock()
-        self.users = 0  # open connections using this store
+        # Open connections of this user -> their login time. GC deletes a condemned blob only
+        # if it was condemned before the oldest of these logged in (store/gc.py).
+        self.sessions: dict[object, int] = {}
 
     def put(self, blobs: list[tuple[bytes, int, bytes]]) -> int:
         """Store the blobs this store does not have yet; returns how many were new."""
@@ -47,10 +52,36 @@ class UserStore:
         """Bytes stored plus bytes buffered for the next pack (what a quota counts)."""
         return self.store.stored_bytes() + self.store.buffered_bytes()
 
-    def commit(self, snap_id: str, time_ns: int, record: bytes, manifest: Iterable[bytes]) -> None:
+    def commit(
+        self,
+        snap_id: str,
+        time_ns: int,
+        record: bytes,
+        manifest: Iterable[bytes],
+        series: str = "",
+    ) -> None:
         with self.lock:
             self.store.flush()
-            self.store.commit_snapshot(snap_id, time_ns, record, manifest)
+            self.store.commit_snapshot(snap_id, time_ns, record, manifest, series)
+
+    def horizon(self, exclude: object = None) -> int:
+        others = [t for token, t in self.sessions.items() if token is not exclude]
+        return min(others) if others else time.time_ns()
+
+    def gc(self, *, dry_run: bool = False, exclude: object = None) -> GcReport:
+        return collect_garbage(
+            self.store, horizon_ns=self.horizon(exclude), dry_run=dry_run, lock=self.lock
+        )
+
+    def apply_policy(self, policy: Policy) -> list[Decision]:
+        """The server's own retention: needs no key, only times, series and protection."""
+        rows = self.store.list_snapshots()
+        candidates = [Candidate(r.snap_id, r.time_ns, r.series, r.protected) for r in rows]
+        decisions = apply_policy(candidates, policy)
+        for d in decisions:
+            if not d.keep:
+                self.store.delete_snapshot(d.candidate.id)
+        return decisions
 
     def snapshots(self) -> list[SnapshotRow]:
         return self.store.list_snapshots()
@@ -68,7 +99,7 @@ class StoreRegistry:
         self._open: dict[str, UserStore] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, storage_id: str, path: Path) -> UserStore:
+    def acquire(self, storage_id: str, path: Path, token: object) -> UserStore:
         with self._lock:
             store = self._open.get(storage_id)
             if store is None:
@@ -77,16 +108,16 @@ class StoreRegistry:
                 except OSError as exc:
                     raise RepositoryError(f"cannot open user storage: {exc.strerror}") from None
                 self._open[storage_id] = store
-            store.users += 1
+            store.sessions[token] = time.time_ns()
             return store
 
-    def release(self, storage_id: str) -> None:
+    def release(self, storage_id: str, token: object) -> None:
         with self._lock:
             store = self._open.get(storage_id)
             if store is None:
                 return
-            store.users -= 1
-            if store.users <= 0:
+            store.sessions.pop(token, None)
+            if not store.sessions:
                 del self._open[storage_id]
                 store.close()
 
