@@ -96,8 +96,12 @@ def forget(
     if as_json:
         click.echo(json.dumps(_json(decisions, by_id, dry_run, report)))
         return
-    _print_table(decisions, by_id)
     verb = "would remove" if dry_run else "removed"
+    if policy.is_empty():  # only named snapshots: one line each, as before policies existed
+        for d in removed:
+            click.echo(f"{verb} snapshot {d.candidate.id[:8]}")
+    else:
+        _print_table(decisions, by_id)
     click.echo(f"{verb} {len(removed)} snapshot(s), kept {len(decisions) - len(removed)}")
     if report is not None:
         click.echo(f"pruned: {fmt.size(int(report.get('reclaimed_bytes', 0)))} reclaimed")
