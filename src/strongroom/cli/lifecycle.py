@@ -102,11 +102,9 @@ def forget(
             click.echo(f"{verb} snapshot {d.candidate.id[:8]}")
     else:
         _print_table(decisions, by_id)
-    click.echo(f"{verb} {len(removed)} snapshot(s), kept {len(decisions) - len(removed)}")
+        click.echo(f"{verb} {len(removed)} snapshot(s), kept {len(decisions) - len(removed)}")
     if report is not None:
         click.echo(f"pruned: {fmt.size(int(report.get('reclaimed_bytes', 0)))} reclaimed")
-    elif removed and not dry_run:
-        click.echo("their space is reclaimed by 'strongroom prune' (or the server's own GC)")
 
 
 def _decide(
