@@ -13,13 +13,15 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import click
 
 from .. import __version__
 from ..cli import format as fmt
+from ..cli.policy_options import policy_from, policy_options
 from ..errors import EXIT_ERROR, StrongroomError, UsageError
+from ..retention import Policy
 from ..server.accounts import add_user, login_material
 from ..server.config import DEFAULT_DATA_DIR, default_kdf
 from ..server.datadir import DataDir
@@ -192,24 +194,50 @@ def user_passwd(admin: Admin, name: str, password_stdin: bool) -> None:
     default=None,
     help="Allow adding backups only / allow removing them again.",
 )
+@policy_options
+@click.option("--no-policy", is_flag=True, help="Use the server's default policy again.")
 @pass_admin
 def user_set(
-    admin: Admin, name: str, directory: str | None, quota: str | None, append_only: bool | None
+    admin: Admin,
+    /,
+    name: str,
+    directory: str | None,
+    quota: str | None,
+    append_only: bool | None,
+    no_policy: bool,
+    **keep: Any,
 ) -> None:
-    """Change NAME's folder, quota or append-only setting."""
-    if directory is None and quota is None and append_only is None:
-        raise UsageError("nothing to change: give --directory, --quota or --(no-)append-only")
+    """Change NAME's folder, quota, append-only setting or retention policy (--keep-*)."""
+    policy = policy_from(keep)
+    if no_policy and not policy.is_empty():
+        raise UsageError("give --keep-* options or --no-policy, not both")
+    new_policy: str | Literal["unset"] | None = "unset"
+    if no_policy:
+        new_policy = None
+    elif not policy.is_empty():
+        new_policy = json.dumps(policy.to_json())
+    if directory is None and quota is None and append_only is None and new_policy == "unset":
+        raise UsageError(
+            "nothing to change: give --directory, --quota, --(no-)append-only or --keep-*"
+        )
     admin.existing(name)
     changed = admin.db.update(
         name,
         directory=directory,
         quota=parse_quota(quota) if quota is not None else "unset",
         append_only=append_only,
+        policy=new_policy,
     )
     quota_text = fmt.size(changed.quota) if changed.quota is not None else "none"
+    policy_text = (
+        Policy.from_json(json.loads(changed.policy)).describe()
+        if changed.policy
+        else "server default"
+    )
     click.echo(
         f"user {changed.name}: folder {changed.directory or 'none recorded'}, "
-        f"quota {quota_text}, append-only {'yes' if changed.append_only else 'no'}"
+        f"quota {quota_text}, append-only {'yes' if changed.append_only else 'no'}, "
+        f"policy {policy_text}"
     )
 
 
@@ -283,6 +311,10 @@ def read_new_password(name: str, from_stdin: bool) -> bytes:
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"{PROG}: error: {message}", err=True)
     sys.exit(code)
+
+
+# gc, usage, scrub and policy live in their own module; importing it registers them on `cli`.
+from . import lifecycle  # noqa: E402, F401
 
 
 def main() -> None:

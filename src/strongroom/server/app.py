@@ -17,6 +17,7 @@ from ..protocol import messages as m
 from ..protocol.framing import encode_frame
 from ..retention import Policy
 from .config import ServerConfig
+from .control import serve_control
 from .datadir import DataDir
 from .session import Session
 from .stores import StoreRegistry
@@ -97,8 +98,11 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
         log.info("listening on %s:%d", addr[0], addr[1])
     if callable(on_listening):
         on_listening(addresses)
+    control = await serve_control(ctx)
     async with server:
         await stop.wait()
+        if control is not None:
+            control.close()
         log.info("shutting down")
         server.close()
         for task in list(ctx.connections):

@@ -13,6 +13,7 @@ import errno
 import functools
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +42,7 @@ CHUNK_BYTES = 4 * 1024 * 1024  # size of one part of a streamed answer
 IDS_PER_PART = 65536
 MAX_MANIFEST = 4_000_000  # IDs staged for one commit (~128 MiB at most)
 MAX_RECORD = 1024 * 1024
+MAX_TIME_NS = 2**63 - 1  # what the database's INTEGER holds
 MAX_STORED_BLOB = 16 * 1024 * 1024 + 1024
 _BLOB_TYPES = frozenset(int(t) for t in BlobType)
 
@@ -345,11 +347,16 @@ class Session:
             raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "invalid snapshot ID"))
         if len(msg.record) > MAX_RECORD:
             raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "snapshot record is too large"))
+        if msg.time_ns > MAX_TIME_NS:
+            raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "invalid snapshot time"))
         manifest, self.manifest = self.manifest, set()
         try:
-            await self._thread(
-                store.commit, msg.snap_id, msg.time_ns, msg.record, manifest, msg.series
-            )
+            try:
+                await self._thread(
+                    store.commit, msg.snap_id, msg.time_ns, msg.record, manifest, msg.series
+                )
+            except sqlite3.IntegrityError:  # the one constraint a commit can break: a taken ID
+                raise _BadRequest(f"snapshot {msg.snap_id[:8]} already exists") from None
         except StrongroomError as exc:
             await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), "failed")
             log.warning("%s: user %r: commit failed: %s", self.address, user.name, exc)
@@ -448,6 +455,10 @@ class _QuotaExceeded(StrongroomError):
     pass
 
 
+class _BadRequest(StrongroomError):
+    pass
+
+
 def _next_part(it: Iterator[Any]) -> list[tuple[bytes, int, bytes]]:
     part: list[tuple[bytes, int, bytes]] = []
     size = 0
@@ -467,6 +478,8 @@ def _error_for(exc: StrongroomError) -> m.Error:
         code = m.ErrorCode.FORBIDDEN
     elif isinstance(exc, _QuotaExceeded):
         code = m.ErrorCode.QUOTA_EXCEEDED
+    elif isinstance(exc, _BadRequest):
+        code = m.ErrorCode.BAD_REQUEST
     elif isinstance(exc, IntegrityError) and "does not have" in text:
         code = m.ErrorCode.MISSING_BLOBS
     elif isinstance(exc, IntegrityError) and "missing" in text:

@@ -64,9 +64,10 @@ class UserStore:
             self.store.flush()
             self.store.commit_snapshot(snap_id, time_ns, record, manifest, series)
 
-    def horizon(self, exclude: object = None) -> int:
+    def horizon(self, exclude: object = None) -> int | None:
+        """Login time of the oldest other session; None (= after condemning) if there is none."""
         others = [t for token, t in self.sessions.items() if token is not exclude]
-        return min(others) if others else time.time_ns()
+        return min(others) if others else None
 
     def gc(self, *, dry_run: bool = False, exclude: object = None) -> GcReport:
         return collect_garbage(

@@ -1,0 +1,205 @@
+"""`strongroom-admin gc`, `usage`, `scrub` and `policy`: storage an admin can run for years.
+
+None of these needs a user's key: they work from pack checksums and snapshot manifests.
+`gc` runs inside the running server (which knows the backups in progress) through the admin
+socket, or here under the store's writer lock when the server is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from ..cli import format as fmt
+from ..errors import EXIT_ERROR, StrongroomError, UsageError
+from ..retention import Policy
+from ..server.control import ask_server
+from ..server.userdb import User
+from ..store import PackStore
+from ..store.gc import collect_garbage, unreferenced
+from ..store.scrub import scrub as scrub_store
+from .cli import Admin, cli, pass_admin
+
+
+def _users(admin: Admin, name: str | None) -> list[User]:
+    return [admin.existing(name)] if name else admin.db.list()
+
+
+def _open_store(admin: Admin, user: User, *, writer: bool) -> PackStore | None:
+    path = admin.datadir.storage_path(user.storage_id)
+    if not (path / "index.sqlite").is_file():
+        return None  # nothing stored yet
+    return PackStore(path, writer=writer)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--dry-run", "-n", is_flag=True, help="Only report what could be reclaimed.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_admin
+def gc(admin: Admin, name: str | None, dry_run: bool, as_json: bool) -> None:
+    """Reclaim the space no snapshot uses (for NAME, or every user). Backups may keep running."""
+    reports: dict[str, dict[str, Any]] = {}
+    for user in _users(admin, name):
+        answer = ask_server(admin.datadir.root, {"op": "gc", "user": user.name, "dry_run": dry_run})
+        if answer is not None:
+            if not answer.get("ok"):
+                raise StrongroomError(f"server: {answer.get('error', 'gc failed')}")
+            reports[user.name] = answer["report"]
+            continue
+        store = _open_store(admin, user, writer=True)  # no server: the lock keeps backups out
+        if store is None:
+            continue
+        try:
+            reports[user.name] = collect_garbage(store, dry_run=dry_run).to_json()
+        finally:
+            store.close()
+    if as_json:
+        click.echo(json.dumps(reports))
+        return
+    what = "could be reclaimed" if dry_run else "reclaimed"
+    for user_name, r in reports.items():
+        line = (
+            f"{user_name}: {fmt.size(r['unreferenced_bytes'])} unreferenced, "
+            f"{fmt.size(r['reclaimed_bytes'])} {what}, {r['deleted_packs']} pack(s) deleted, "
+            f"{r['repacked_packs']} repacked"
+        )
+        if r.get("waiting_blobs"):
+            line += f", {r['waiting_blobs']} blob(s) wait for running backups"
+        click.echo(line)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_admin
+def usage(admin: Admin, as_json: bool) -> None:
+    """Per user: stored bytes, quota, snapshots, last backup, reclaimable bytes."""
+    rows: list[dict[str, Any]] = []
+    for user in admin.db.list():
+        stored = snapshots = reclaimable = 0
+        store = _open_store(admin, user, writer=False)
+        if store is not None:
+            try:
+                stored = store.stored_bytes()
+                snapshots = len(store.list_snapshots())
+                reclaimable = unreferenced(store)[1]
+            finally:
+                store.close()
+        rows.append(
+            {
+                "name": user.name,
+                "stored_bytes": stored,
+                "quota": user.quota,
+                "snapshots": snapshots,
+                "last_backup_ns": user.last_backup_ns,
+                "last_backup_result": user.last_backup_result,
+                "reclaimable_bytes": reclaimable,
+                "policy": json.loads(user.policy) if user.policy else None,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None)
+    for col in ("User", "Stored", "Quota", "Used", "Snapshots", "Last backup", "Reclaimable"):
+        table.add_column(col)
+    for r in rows:
+        quota = r["quota"]
+        last = (
+            f"{fmt.local_time(r['last_backup_ns'])} {r['last_backup_result']}"
+            if r["last_backup_ns"]
+            else "never"
+        )
+        table.add_row(
+            Text(r["name"]),
+            Text(fmt.size(r["stored_bytes"])),
+            Text(fmt.size(quota) if quota else "none"),
+            Text(f"{100 * r['stored_bytes'] / quota:.0f}%" if quota else ""),
+            Text(str(r["snapshots"])),
+            Text(last),
+            Text(fmt.size(r["reclaimable_bytes"])),
+        )
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@pass_admin
+def scrub(admin: Admin, name: str | None, as_json: bool) -> None:
+    """Verify every stored pack and blob against its checksums (no key needed)."""
+    reports: dict[str, dict[str, Any]] = {}
+    for user in _users(admin, name):
+        store = _open_store(admin, user, writer=False)
+        if store is None:
+            continue
+        try:
+            reports[user.name] = scrub_store(store).to_json()
+        finally:
+            store.close()
+    damaged = any(not r["ok"] for r in reports.values())
+    if as_json:
+        click.echo(json.dumps(reports))
+    else:
+        for user_name, r in reports.items():
+            status = "ok" if r["ok"] else f"{len(r['problems'])} problem(s)"
+            click.echo(
+                f"{user_name}: {r['packs']} packs, {r['blobs']} blobs, "
+                f"{fmt.size(r['bytes_read'])} read: {status}"
+            )
+            for problem in r["problems"]:
+                click.echo(f"  {problem}")
+            if r["affected_snapshots"]:
+                click.echo(
+                    "  affected snapshots: " + " ".join(s[:8] for s in r["affected_snapshots"])
+                )
+    if damaged:
+        raise SystemExit(EXIT_ERROR)
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def policy(ctx: click.Context) -> None:
+    """The server-wide default retention policy (users without their own)."""
+    if ctx.invoked_subcommand is None:
+        admin = ctx.find_object(Admin)
+        assert admin is not None
+        raw = admin.db.get_setting("default_policy")
+        click.echo(
+            "default policy: "
+            + (Policy.from_json(json.loads(raw)).describe() if raw else "none (keep everything)")
+        )
+
+
+def _set_policy_options(func: Any) -> Any:
+    from ..cli.policy_options import policy_options
+
+    return policy_options(func)
+
+
+@policy.command("set")
+@_set_policy_options
+@pass_admin
+def policy_set(admin: Admin, /, **keep: Any) -> None:
+    """Set the default policy, e.g. --keep-daily 7 --keep-weekly 4 --keep-monthly 12."""
+    from ..cli.policy_options import policy_from
+
+    new = policy_from(keep)
+    if new.is_empty():
+        raise UsageError("give at least one --keep-* option (or use 'policy clear')")
+    admin.db.set_setting("default_policy", json.dumps(new.to_json()))
+    click.echo(f"default policy: {new.describe()}; the server applies it after each backup")
+
+
+@policy.command("clear")
+@pass_admin
+def policy_clear(admin: Admin) -> None:
+    """Remove the default policy: snapshots are kept until users forget them."""
+    admin.db.set_setting("default_policy", None)
+    click.echo("default policy removed")

@@ -1,0 +1,120 @@
+"""The admin's line to a running server: a Unix socket in the data folder (mode 0600).
+
+`strongroom-admin gc` must run inside the server while it runs, because only the server knows
+which backups are in progress (store/gc.py deletes nothing such a backup may still use). One
+JSON object per line each way; the only operation is {"op": "gc", "user": NAME, "dry_run": B}.
+With no server listening, the admin tool runs the same GC itself under the store's writer lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StrongroomError
+
+if TYPE_CHECKING:
+    from .app import ServerContext
+
+log = logging.getLogger("strongroom.server")
+
+SOCKET_NAME = "control.sock"
+_MAX_LINE = 64 * 1024
+
+
+async def serve_control(ctx: ServerContext) -> asyncio.AbstractServer | None:
+    path = ctx.datadir.root / SOCKET_NAME
+    if not hasattr(socket, "AF_UNIX"):  # pragma: no cover - Windows
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left by a server that was killed
+    try:
+        server = await asyncio.start_unix_server(
+            lambda r, w: _handle(ctx, r, w), path=str(path), limit=_MAX_LINE
+        )
+    except OSError as exc:  # e.g. a path longer than the system allows
+        log.warning(
+            "admin socket %s not available (%s); admin gc needs a stopped server", path, exc
+        )
+        return None
+    os.chmod(path, 0o600)
+    return server
+
+
+async def _handle(
+    ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        line = await asyncio.wait_for(reader.readline(), 30)
+        try:
+            answer = await _run(ctx, json.loads(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            answer = {"ok": False, "error": f"bad request: {exc}"}
+        except StrongroomError as exc:
+            answer = {"ok": False, "error": str(exc)}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        await writer.drain()
+    except (OSError, TimeoutError, ValueError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
+    if not isinstance(request, dict) or request.get("op") != "gc":
+        raise ValueError("unknown operation")
+    name = request["user"]
+    dry_run = bool(request.get("dry_run", False))
+    user = await asyncio.to_thread(ctx.userdb.get, str(name))
+    if user is None:
+        raise StrongroomError(f"no user {name}")
+    token = object()  # the admin's GC is not a backup: it does not hold back the horizon
+    store = await asyncio.to_thread(
+        ctx.stores.acquire, user.storage_id, ctx.datadir.storage_path(user.storage_id), token
+    )
+    try:
+        report = await asyncio.to_thread(lambda: store.gc(dry_run=dry_run, exclude=token))
+    finally:
+        await asyncio.to_thread(ctx.stores.release, user.storage_id, token)
+    log.info(
+        "admin gc%s for user %r: %d bytes reclaimed, %d blobs waiting for running backups",
+        " (dry run)" if dry_run else "",
+        user.name,
+        report.reclaimed_bytes,
+        report.waiting_blobs,
+    )
+    return {"ok": True, "report": report.to_json()}
+
+
+def ask_server(
+    data_dir: Path, request: dict[str, Any], timeout: float = 3600
+) -> dict[str, Any] | None:
+    """Send one request to the running server; None if no server is listening."""
+    path = data_dir / SOCKET_NAME
+    if not hasattr(socket, "AF_UNIX") or not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(5)
+        try:
+            sock.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return None  # a socket file left by a server that is gone
+        sock.settimeout(timeout)
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    answer: dict[str, Any] = json.loads(data)
+    return answer
