@@ -1,4 +1,4 @@
-"""`strongroom-admin gc`, `usage`, `scrub` and `policy`: storage an admin can run for years.
+"""`strongroom-admin gc`, `forget`, `usage`, `scrub` and `policy`: storage for years.
 
 None of these needs a user's key: they work from pack checksums and snapshot manifests.
 `gc` runs inside the running server (which knows the backups in progress) through the admin
@@ -15,7 +15,9 @@ import click
 from ..cli import format as fmt
 from ..errors import EXIT_ERROR, StrongroomError, UsageError
 from ..retention import Policy
-from ..server.control import ask_server
+from ..server.control import ask_server, retain
+from ..server.policy import policy_for
+from ..server.stores import UserStore
 from ..server.userdb import User
 from ..store import PackStore
 from ..store.gc import collect_garbage, unreferenced
@@ -41,28 +43,60 @@ def _open_store(admin: Admin, user: User, *, writer: bool) -> PackStore | None:
 @pass_admin
 def gc(admin: Admin, name: str | None, dry_run: bool, as_json: bool) -> None:
     """Reclaim the space no snapshot uses (for NAME, or every user). Backups may keep running."""
-    reports: dict[str, dict[str, Any]] = {}
+    _report(_collect(admin, name, "gc", dry_run), dry_run, as_json)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--dry-run", "-n", is_flag=True, help="Only show what would be removed.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_admin
+def forget(admin: Admin, name: str | None, dry_run: bool, as_json: bool) -> None:
+    """Apply each user's retention policy now (the server also does after every backup), then
+    reclaim the space. Needs no user's key."""
+    _report(_collect(admin, name, "forget", dry_run), dry_run, as_json)
+
+
+def _collect(admin: Admin, name: str | None, op: str, dry_run: bool) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
     for user in _users(admin, name):
-        answer = ask_server(admin.datadir.root, {"op": "gc", "user": user.name, "dry_run": dry_run})
+        answer = ask_server(admin.datadir.root, {"op": op, "user": user.name, "dry_run": dry_run})
         if answer is not None:
             if not answer.get("ok"):
-                raise StrongroomError(f"server: {answer.get('error', 'gc failed')}")
-            reports[user.name] = answer["report"]
+                raise StrongroomError(f"server: {answer.get('error', op + ' failed')}")
+            results[user.name] = answer
             continue
-        store = _open_store(admin, user, writer=True)  # no server: the lock keeps backups out
-        if store is None:
+        path = admin.datadir.storage_path(user.storage_id)
+        if not (path / "index.sqlite").is_file():
             continue
+        store = UserStore(path)  # no server running: the writer lock keeps backups out
         try:
-            reports[user.name] = collect_garbage(store, dry_run=dry_run).to_json()
+            policy = policy_for(admin.db, user) if op == "forget" else None
+            removed = retain(store, policy, dry_run)
+            results[user.name] = {
+                "ok": True,
+                "removed": removed,
+                "report": collect_garbage(store.store, dry_run=dry_run).to_json(),
+            }
         finally:
             store.close()
+    return results
+
+
+def _report(results: dict[str, dict[str, Any]], dry_run: bool, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(reports))
+        click.echo(json.dumps(results))
         return
     what = "could be reclaimed" if dry_run else "reclaimed"
-    for user_name, r in reports.items():
-        line = (
-            f"{user_name}: {fmt.size(r['unreferenced_bytes'])} unreferenced, "
+    for user_name, answer in results.items():
+        r = answer["report"]
+        removed = answer.get("removed") or []
+        line = f"{user_name}: "
+        if removed:
+            verb = "would remove" if dry_run else "removed"
+            line += f"{verb} {len(removed)} snapshot(s), "
+        line += (
+            f"{fmt.size(r['unreferenced_bytes'])} unreferenced, "
             f"{fmt.size(r['reclaimed_bytes'])} {what}, {r['deleted_packs']} pack(s) deleted, "
             f"{r['repacked_packs']} repacked"
         )

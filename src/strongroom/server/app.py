@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import ssl
@@ -12,13 +11,13 @@ import sys
 from dataclasses import dataclass, field
 
 from .. import __version__
-from ..errors import UsageError
 from ..protocol import messages as m
 from ..protocol.framing import encode_frame
 from ..retention import Policy
 from .config import ServerConfig
 from .control import serve_control
 from .datadir import DataDir
+from .policy import policy_for
 from .session import Session
 from .stores import StoreRegistry
 from .throttle import FailureThrottle
@@ -41,16 +40,7 @@ class ServerContext:
     connections: set[asyncio.Task[None]] = field(default_factory=set)
 
     def policy_for(self, user: User) -> Policy | None:
-        """The user's retention policy, else the server-wide default (both set by the admin)."""
-        raw = user.policy if user.policy is not None else self.userdb.get_setting("default_policy")
-        if raw is None:
-            return None
-        try:
-            policy = Policy.from_json(json.loads(raw))
-        except (ValueError, UsageError) as exc:
-            log.warning("ignoring an invalid retention policy for %r: %s", user.name, exc)
-            return None
-        return None if policy.is_empty() else policy
+        return policy_for(self.userdb, user)
 
 
 async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = None) -> None:

@@ -2,7 +2,8 @@
 
 `strongroom-admin gc` must run inside the server while it runs, because only the server knows
 which backups are in progress (store/gc.py deletes nothing such a backup may still use). One
-JSON object per line each way; the only operation is {"op": "gc", "user": NAME, "dry_run": B}.
+JSON object per line each way: {"op": "gc" | "forget", "user": NAME, "dry_run": B} ("forget"
+applies the user's retention policy first).
 With no server listening, the admin tool runs the same GC itself under the store's writer lock.
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StrongroomError
+from ..retention import Candidate, Policy, apply_policy
+from .stores import UserStore
 
 if TYPE_CHECKING:
     from .app import ServerContext
@@ -67,7 +70,7 @@ async def _handle(
 
 
 async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
-    if not isinstance(request, dict) or request.get("op") != "gc":
+    if not isinstance(request, dict) or request.get("op") not in ("gc", "forget"):
         raise ValueError("unknown operation")
     name = request["user"]
     dry_run = bool(request.get("dry_run", False))
@@ -79,6 +82,9 @@ async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
         ctx.stores.acquire, user.storage_id, ctx.datadir.storage_path(user.storage_id), token
     )
     try:
+        removed: list[str] = []
+        if request["op"] == "forget":
+            removed = await asyncio.to_thread(retain, store, ctx.policy_for(user), dry_run)
         report = await asyncio.to_thread(lambda: store.gc(dry_run=dry_run, exclude=token))
     finally:
         await asyncio.to_thread(ctx.stores.release, user.storage_id, token)
@@ -89,7 +95,21 @@ async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
         report.reclaimed_bytes,
         report.waiting_blobs,
     )
-    return {"ok": True, "report": report.to_json()}
+    return {"ok": True, "report": report.to_json(), "removed": removed}
+
+
+def retain(store: UserStore, policy: Policy | None, dry_run: bool) -> list[str]:
+    """Apply a policy now (the server also does after each backup); IDs it removes(/would)."""
+    if policy is None:
+        return []
+    if dry_run:
+        rows = store.store.list_snapshots()
+        decisions = apply_policy(
+            [Candidate(r.snap_id, r.time_ns, r.series, r.protected) for r in rows], policy
+        )
+    else:
+        decisions = store.apply_policy(policy)
+    return [d.candidate.id for d in decisions if not d.keep]
 
 
 def ask_server(
