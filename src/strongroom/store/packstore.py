@@ -670,7 +670,11 @@ class PackStore:
 
     def close(self) -> None:
         try:
-            if self._lock is not None and self._writer_thread is not None:
+            # Blobs still buffered are written too: after an interrupted backup (client gone)
+            # everything that reached us is kept, so the next run need not send it again.
+            if self._lock is not None and (
+                self._writer_thread is not None or self._current.entries
+            ):
                 self.flush()
         finally:
             with self._db_lock:
