@@ -124,7 +124,8 @@ class Session:
 
     async def _send(self, msg: m.Message, request_id: int) -> None:
         self.writer.write(encode_frame(msg, request_id))
-        await self.writer.drain()
+        # A peer that stops reading must not hold its session (and a connection slot) for ever.
+        await asyncio.wait_for(self.writer.drain(), self.ctx.config.idle_timeout)
 
     async def _send_quietly(self, msg: m.Message, request_id: int) -> None:
         with contextlib.suppress(OSError, ConnectionError, TimeoutError, RuntimeError):
@@ -136,7 +137,10 @@ class Session:
             await asyncio.to_thread(self.ctx.stores.release, self.user.storage_id, self)
         self.writer.close()
         with contextlib.suppress(OSError, ConnectionError, TimeoutError, RuntimeError):
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
+            try:
+                await asyncio.wait_for(self.writer.wait_closed(), 5)
+            except TimeoutError:  # the peer reads nothing: drop what is still queued for it
+                self.writer.transport.abort()
         who = f" user={self.user.name}" if self.user else ""
         log.info("%s: disconnected%s (%s)", self.address, who, reason)
 
@@ -156,6 +160,11 @@ class Session:
         if isinstance(msg, m.Hello):
             return await self._hello(msg, rid)
         if isinstance(msg, m.Bye):
+            if self.store is not None and self.user is not None:
+                # Let go of the storage before answering: once the client has its answer, a
+                # GC it starts next (`forget` then `prune`) is not held back by this session.
+                self.store = None
+                await self._thread(self.ctx.stores.release, self.user.storage_id, self)
             await self._send(m.Ok(), rid)
             return False
         if isinstance(msg, m.AuthParamsRequest):
@@ -333,6 +342,10 @@ class Session:
         if user.quota is not None:
             used = await self._thread(store.used_bytes)
             if used + size > user.quota:
+                # The backup fails here, before any commit: the admin's "last backup" says so.
+                await self._thread(
+                    self.ctx.userdb.record_backup, user.id, time.time_ns(), "failed (quota)"
+                )
                 raise _QuotaExceeded(
                     f"quota of {user.quota} bytes exceeded ({used} bytes used); "
                     "ask the admin for more space or forget old snapshots"
