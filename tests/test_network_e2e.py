@@ -326,7 +326,7 @@ def test_admin_reset_needs_the_old_password(server: Server, tmp_path: Path) -> N
         "passwd", "--new-password-file", str(new_file), "--old-password-file", str(admin_file),
         check=False, env=with_reset, input="",
     )  # fmt: skip
-    one_line_error(res, "wrong password")
+    one_line_error(res, "not your previous password")
     # ... and nothing changed: the account still waits for a change with the right password.
     one_line_error(
         alice.run("backup", str(src), check=False, env=with_reset, input=""), "strongroom passwd"
@@ -513,9 +513,9 @@ def test_error_server_not_reachable_and_bad_address(server: Server, alice: NetCl
         ("[::1", "bad server address"),
     ):
         res = alice.run("snapshots", "--server", bad, check=False, input="")
-        one_line_error(res, needle)
+        one_line_error(res, needle, code=2)  # a usage error
         res = alice.run("login", "--server", bad, "--user", "alice", check=False, input="")
-        one_line_error(res, needle)
+        one_line_error(res, needle, code=2)
 
 
 @pytest.mark.timeout(120)

@@ -130,4 +130,9 @@ def _keys_for_change(
             "the admin reset your password, but your backups are locked with your previous one: "
             "run 'strongroom passwd' on a terminal (or with --old-password-file) to unlock them"
         )
-    return unlock(keyfile, old_password())
+    try:
+        return unlock(keyfile, old_password())
+    except WrongPasswordError:
+        raise WrongPasswordError(
+            "that is not your previous password: your backups stay locked with it"
+        ) from None

@@ -20,7 +20,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import StrongroomError, WrongPasswordError
+from ..errors import StrongroomError, UsageError, WrongPasswordError
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.framing import FrameDecoder, encode_frame
@@ -68,28 +68,28 @@ def parse_address(text: str, default_port: int = 44000) -> tuple[str, int]:
     """'host', 'host:port', '[v6]:port' or a bare IPv6 address -> (host, port)."""
     text = text.strip()
     if not text:
-        raise StrongroomError("the server address is empty")
+        raise UsageError("the server address is empty")
     host, port = text, default_port
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise StrongroomError(f"bad server address {text!r}")
+            raise UsageError(f"bad server address {text!r}")
         host, rest = text[1:end], text[end + 1 :]
         if rest:
             if not rest.startswith(":"):
-                raise StrongroomError(f"bad server address {text!r}")
+                raise UsageError(f"bad server address {text!r}")
             port = _port(rest[1:], text)
     elif text.count(":") == 1:
         host, port_text = text.split(":")
         port = _port(port_text, text)
     if not host:
-        raise StrongroomError(f"bad server address {text!r}")
+        raise UsageError(f"bad server address {text!r}")
     return host, port
 
 
 def _port(text: str, whole: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise StrongroomError(f"bad port in server address {whole!r}")
+        raise UsageError(f"bad port in server address {whole!r}")
     return int(text)
 
 
