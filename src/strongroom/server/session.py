@@ -86,6 +86,9 @@ class Session:
                     break
                 if not await self._handle(frame):
                     break
+        except asyncio.CancelledError:
+            reason = "the server is stopping"
+            raise
         except Close as exc:
             reason = exc.reply.message if exc.reply else "closed"
             if exc.reply is not None:
