@@ -40,5 +40,5 @@ def policy_from(options: dict[str, Any]) -> Policy:
     within = options.pop("keep_within", None)
     return Policy(
         **{name: options.pop(f"keep_{name}") for name in _KEEP},
-        within=parse_duration(within) if within else None,
+        within=None if within is None else parse_duration(within),
     )

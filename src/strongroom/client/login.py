@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from .. import __version__, crypto
 from ..errors import IntegrityError, StrongroomError, WrongPasswordError
+from ..fingerprint import normalize_fingerprint
 from ..keys import KeyFile, RepoKeys, unlock, unwrap
 from ..protocol import messages as m
-from ..server.tls import normalize_fingerprint
 from .remote import Account, RemoteRepository, new_keyfile
 from .transport import FingerprintMismatch, Transport, parse_address
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import StrongroomError, UsageError, WrongPasswordError
+from ..fingerprint import fingerprint_of_der
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.framing import FrameDecoder, encode_frame
-from ..server.tls import fingerprint_of_der
 
 T = TypeVar("T")
 

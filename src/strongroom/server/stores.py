@@ -64,15 +64,29 @@ class UserStore:
             self.store.flush()
             self.store.commit_snapshot(snap_id, time_ns, record, manifest, series)
 
-    def horizon(self, exclude: object = None) -> int | None:
-        """Login time of the oldest other session; None (= after condemning) if there is none."""
-        others = [t for token, t in self.sessions.items() if token is not exclude]
-        return min(others) if others else None
+    def horizon(self, exclude: object = None, *, bound: int | None = None) -> int:
+        """Login time of the oldest other session, at most `bound`; now if there is none."""
+        sessions = dict(self.sessions)  # one copy: logins and logouts run in other threads
+        others = [t for token, t in sessions.items() if token is not exclude]
+        if not others:
+            return time.time_ns()
+        return min(others) if bound is None else min(*others, bound)
 
     def gc(self, *, dry_run: bool = False, exclude: object = None) -> GcReport:
-        return collect_garbage(
-            self.store, horizon_ns=self.horizon(exclude), dry_run=dry_run, lock=self.lock
-        )
+        if dry_run:
+            return collect_garbage(self.store, dry_run=True, lock=self.lock)
+        # Condemn first, deleting nothing; only then read the open sessions. A session that
+        # logged in before the condemning may have listed those blobs as live and be about to
+        # reference them without sending them (read before, a session that logged in while GC
+        # waited for the lock was missed). The condemning's time stamp is taken before that
+        # wait, so any session open now holds back what this run condemned: bound=started.
+        started = time.time_ns()
+        first = collect_garbage(self.store, horizon_ns=0, lock=self.lock)
+        horizon = self.horizon(exclude, bound=started)
+        report = collect_garbage(self.store, horizon_ns=horizon, lock=self.lock)
+        report.newly_condemned += first.newly_condemned
+        report.bytes_before = first.bytes_before
+        return report
 
     def apply_policy(self, policy: Policy) -> list[Decision]:
         """The server's own retention: needs no key, only times, series and protection."""

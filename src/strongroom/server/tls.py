@@ -4,9 +4,7 @@ fingerprint (which clients pin, as SSH does), and the server's ssl context."""
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
-import re
 import socket
 import ssl
 from pathlib import Path
@@ -17,6 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..errors import StrongroomError, UsageError
+
+# The fingerprint helpers live in a light module the client imports without X.509 machinery.
+from ..fingerprint import fingerprint_of_der
 from .datadir import DataDir, make_dir, write_new_file
 
 COMMON_NAME = "strongroom-server"
@@ -116,28 +117,6 @@ def certificate_fingerprint(cert_path: Path) -> str:
     except (ValueError, IndexError):
         raise StrongroomError(f"{cert_path} holds no valid PEM certificate") from None
     return fingerprint_of_der(cert.public_bytes(serialization.Encoding.DER))
-
-
-def fingerprint_of_der(der: bytes) -> str:
-    return "SHA256:" + hashlib.sha256(der).hexdigest()
-
-
-_SEPARATORS = re.compile(r"[\s:]")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def normalize_fingerprint(text: str) -> str:
-    """'SHA256:AB..', 'ab:cd:..', with any case and spaces -> 'SHA256:<64 lowercase hex>'."""
-    body = text.strip()
-    if body[:7].lower() == "sha256:":
-        body = body[7:]
-    body = _SEPARATORS.sub("", body).lower()
-    if not _HEX64.fullmatch(body):
-        raise UsageError(
-            "invalid certificate fingerprint: expected SHA256: and 64 hex digits "
-            "(as printed by 'strongroom-admin fingerprint')"
-        )
-    return "SHA256:" + body
 
 
 def server_ssl_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:

@@ -133,10 +133,15 @@ class PackStore:
         self._writer_error: BaseException | None = None
         self._writer_thread: threading.Thread | None = None
         self.bytes_written = 0
+        self._condemned: set[bytes] = set()  # as of opening: add_blob revives these
         if writer:
             self._lock = WriterLock(root / "lock")
             self._lock.acquire()
             self._remove_unindexed_packs()
+            self._condemned = {
+                bytes(r[0])
+                for r in self.query("SELECT blob_id FROM blobs WHERE condemned_ns IS NOT NULL")
+            }
 
     # ---- creation -------------------------------------------------------------------------
 
@@ -282,10 +287,19 @@ class PackStore:
         return {bytes(r[0]) for r in rows}
 
     def add_blob(self, blob_id: bytes, blob_type: int, stored: bytes) -> bool:
-        """Queue an encrypted blob for storage. Returns False if it was already pending."""
+        """Queue an encrypted blob for storage. Returns False if it was already pending, or
+        already stored but condemned by GC (hidden from `all_blob_ids`, so a backup sends it
+        again): such a blob is revived instead of being stored a second time."""
         self._raise_writer_error()
         if self._lock is None:
             raise RepositoryError("store was opened read-only")
+        with self._buf_lock:
+            if blob_id in self._pending_ids:
+                return False
+            condemned = blob_id in self._condemned
+            self._condemned.discard(blob_id)
+        if condemned and self.revive([blob_id]):
+            return False
         full: _PendingPack | None = None
         checksum = content_checksum(stored)  # outside the lock: workers hash in parallel
         with self._buf_lock:
@@ -363,6 +377,10 @@ class PackStore:
                 "VALUES(?, ?, ?, ?, ?, ?)",
                 [(b, t, pack_id, o, n, c) for (b, t, o, n, c) in pack.entries],
             )
+        # Indexed now: no longer pending. Kept in the set, a blob GC deletes later could never
+        # be stored again by this (long-lived, on a server) store: add_blob would skip it.
+        with self._buf_lock:
+            self._pending_ids.difference_update(e[0] for e in pack.entries)
         pack.parts.clear()
         self.bytes_written += pack.size
 
@@ -537,13 +555,36 @@ class PackStore:
 
     def iter_verified(self) -> Iterator[tuple[bytes, bool, bytes]]:
         """Every indexed blob in storage order as (id, intact, bytes); a blob whose checksum
-        fails (or whose pack is gone) is reported as not intact instead of ending the walk."""
+        fails (or whose pack is gone) is reported as not intact instead of ending the walk.
+        A blob a concurrent GC moved since the walk began is read where it is now; one it
+        deleted is left out (both are no damage)."""
         for loc in self.iter_index():
-            try:
-                for bid, data in self.read_locations([loc]):
-                    yield bid, True, data
-            except (IntegrityError, OSError):
+            for _attempt in range(3):
+                try:
+                    for bid, data in self.read_locations([loc]):
+                        yield bid, True, data
+                    break
+                except PackMissing:
+                    now = self._locate_few([loc.blob_id]).get(loc.blob_id)
+                    if now is None:
+                        break  # deleted by GC
+                    if now == loc:
+                        yield loc.blob_id, False, b""
+                        break
+                    loc = now
+                except (IntegrityError, OSError):
+                    yield loc.blob_id, False, b""
+                    break
+            else:
                 yield loc.blob_id, False, b""
+
+    def has_pack(self, name: str) -> bool:
+        """Is this pack (still) in the index? A concurrent GC may just have removed it."""
+        with self._db_lock:
+            return (
+                self._db.execute("SELECT 1 FROM packs WHERE name = ?", (name,)).fetchone()
+                is not None
+            )
 
     def storage_problems(self) -> list[str]:
         """Packs the index lists that are missing or have the wrong size."""
@@ -552,7 +593,8 @@ class PackStore:
             try:
                 actual = os.stat(self.pack_path(name)).st_size
             except FileNotFoundError:
-                problems.append(f"pack {name[:16]} is missing")
+                if self.has_pack(name):  # else a concurrent GC removed it: not a problem
+                    problems.append(f"pack {name[:16]} is missing")
                 continue
             if actual != size:
                 problems.append(f"pack {name[:16]} has size {actual}, index says {size}")

@@ -54,6 +54,8 @@ def scrub(store: PackStore) -> ScrubReport:
             with open(store.pack_path(name), "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
+            if not store.has_pack(name):
+                continue  # a concurrent GC removed it after the list was made
             report.problems.append(f"pack {name[:16]} is missing")
             report.damaged_blobs.update(b[0] for b in blobs)
             continue
