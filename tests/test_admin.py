@@ -27,14 +27,9 @@ from hypothesis import strategies as st
 from conftest import Result
 from strongroom import crypto, keys
 from strongroom.errors import StrongroomError, UsageError
+from strongroom.fingerprint import fingerprint_of_der, normalize_fingerprint
 from strongroom.server.datadir import DataDir
-from strongroom.server.tls import (
-    certificate_fingerprint,
-    ensure_certificate,
-    fingerprint_of_der,
-    normalize_fingerprint,
-    server_ssl_context,
-)
+from strongroom.server.tls import certificate_fingerprint, ensure_certificate, server_ssl_context
 from strongroom.server.userdb import (
     SCHEMA_VERSION,
     User,
