@@ -19,7 +19,7 @@ from ..browse import diff, find_subtree, walk
 from ..errors import EXIT_PARTIAL, StrongroomError, UsageError
 from ..excludes import ExcludeError, ExcludeMatcher, read_exclude_file
 from ..repository import LocalRepository, Repository, load_snapshots
-from ..snapshot import Snapshot, resolve
+from ..snapshot import Snapshot, open_snapshot, resolve
 from . import format as fmt
 from .errors import display as _display
 from .errors import handle_errors as _handle_errors
@@ -241,18 +241,29 @@ def snapshots(where: Where, as_json: bool) -> None:
 
     r = open_repo(where)
     try:
-        snaps = sorted(load_snapshots(r), key=lambda s: (s.time_ns, s.id))
+        rows = r.snapshot_rows()
+        aead = r.keys.aead()
+        snaps = sorted((open_snapshot(aead, row) for row in rows), key=lambda s: (s.time_ns, s.id))
     finally:
         r.close()
+    protected = {row.snap_id for row in rows if row.protected}
     if as_json:
         click.echo(
             json.dumps(
-                [{**s.to_json(), "short_id": s.short_id, "time": s.time.isoformat()} for s in snaps]
+                [
+                    {
+                        **s.to_json(),
+                        "short_id": s.short_id,
+                        "time": s.time.isoformat(),
+                        "protected": s.id in protected,
+                    }
+                    for s in snaps
+                ]
             )
         )
         return
     table = Table(box=None)
-    for col in ("ID", "Time", "Host", "Tags", "Paths", "Files", "Size"):
+    for col in ("ID", "Time", "Host", "Tags", "Paths", "Files", "Size", "Protected"):
         table.add_column(col)
     for s in snaps:
         # Text, not str: a cell string would be parsed as rich markup ("[/]" in a path crashes).
@@ -264,6 +275,7 @@ def snapshots(where: Where, as_json: bool) -> None:
             Text("\n".join(_display(p) for p in s.paths)),
             Text(str(s.stats.get("files", ""))),
             Text(fmt.size(s.stats.get("bytes_scanned", 0))),
+            Text("yes" if s.id in protected else ""),
         )
     Console().print(table)
     click.echo(f"{len(snaps)} snapshot(s)")
