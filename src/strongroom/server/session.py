@@ -28,7 +28,7 @@ from ..protocol.state import WRITES, Phase, ServerState
 from ..snapshot import is_snapshot_id
 from ..store.gc import GcReport
 from . import auth
-from .stores import UserStore
+from .stores import QuotaExceeded, UserStore
 from .userdb import User
 
 if TYPE_CHECKING:
@@ -342,18 +342,14 @@ class Session:
             if blob_type not in _BLOB_TYPES:
                 raise Close(m.Error(m.ErrorCode.BAD_REQUEST, f"unknown blob type {blob_type}"))
             size += len(data)
-        if user.quota is not None:
-            used = await self._thread(store.used_bytes)
-            if used + size > user.quota:
-                # The backup fails here, before any commit: the admin's "last backup" says so.
-                await self._thread(
-                    self.ctx.userdb.record_backup, user.id, time.time_ns(), "failed (quota)"
-                )
-                raise _QuotaExceeded(
-                    f"quota of {user.quota} bytes exceeded ({used} bytes used); "
-                    "ask the admin for more space or forget old snapshots"
-                )
-        added = await self._thread(store.put, msg.blobs)
+        try:
+            added = await self._thread(store.put, msg.blobs, user.quota)
+        except QuotaExceeded:
+            # The backup fails here, before any commit: the admin's "last backup" says so.
+            await self._thread(
+                self.ctx.userdb.record_backup, user.id, time.time_ns(), "failed (quota)"
+            )
+            raise
         self.put_blobs += added
         self.put_bytes += size
         await self._send(m.Ok(added), rid)
@@ -467,10 +463,6 @@ class _Forbidden(StrongroomError):
     pass
 
 
-class _QuotaExceeded(StrongroomError):
-    pass
-
-
 class _BadRequest(StrongroomError):
     pass
 
@@ -492,7 +484,7 @@ def _error_for(exc: StrongroomError) -> m.Error:
     text = str(exc)
     if isinstance(exc, _Forbidden):
         code = m.ErrorCode.FORBIDDEN
-    elif isinstance(exc, _QuotaExceeded):
+    elif isinstance(exc, QuotaExceeded):
         code = m.ErrorCode.QUOTA_EXCEEDED
     elif isinstance(exc, _BadRequest):
         code = m.ErrorCode.BAD_REQUEST

@@ -13,10 +13,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..blobs import BlobType
-from ..errors import RepositoryError
+from ..errors import RepositoryError, StrongroomError
 from ..retention import Candidate, Decision, Policy, apply_policy
 from ..store import PackStore, SnapshotRow
 from ..store.gc import GcReport, collect_garbage
+
+
+class QuotaExceeded(StrongroomError):
+    pass
 
 
 class UserStore:
@@ -29,15 +33,28 @@ class UserStore:
         # if it was condemned before the oldest of these logged in (store/gc.py).
         self.sessions: dict[object, int] = {}
 
-    def put(self, blobs: list[tuple[bytes, int, bytes]]) -> int:
-        """Store the blobs this store does not have yet; returns how many were new."""
+    def put(self, blobs: list[tuple[bytes, int, bytes]], quota: int | None = None) -> int:
+        """Store the blobs this store does not have yet; returns how many were new.
+
+        With a quota, refuses (QuotaExceeded, nothing stored) if the new ones would not fit;
+        blobs already stored cost nothing."""
         for _bid, blob_type, _data in blobs:
             if blob_type not in (BlobType.DATA, BlobType.TREE):
                 raise ValueError(f"unknown blob type {blob_type}")
         with self.lock:
+            ids = [b[0] for b in blobs]
+            if quota is not None:
+                have = self.store.stored(ids)
+                need = sum(len(d) for bid, _t, d in blobs if bid not in have)
+                used = self.used_bytes()
+                if need and used + need > quota:
+                    raise QuotaExceeded(
+                        f"quota of {quota} bytes exceeded ({used} bytes used, {need} more "
+                        "needed); ask the admin for more space or forget old snapshots"
+                    )
             # Stored ones are skipped (another machine of this user sent them), and revived if
             # GC had condemned them: this backup is about to reference them.
-            present = self.store.revive(b[0] for b in blobs)
+            present = self.store.revive(ids)
             added = 0
             for bid, blob_type, data in blobs:
                 if bid not in present and self.store.add_blob(bid, blob_type, data):

@@ -256,6 +256,10 @@ class PackStore:
         wanted = set(blob_ids)
         return wanted - self._present(wanted, live_only=True)
 
+    def stored(self, blob_ids: Iterable[bytes]) -> set[bytes]:
+        """Of these IDs, those whose bytes are stored (live or condemned)."""
+        return self._present(set(blob_ids), live_only=False)
+
     def revive(self, blob_ids: Iterable[bytes]) -> set[bytes]:
         """Un-condemn those of these blobs that are stored; returns every ID that is stored."""
         wanted = set(blob_ids)
