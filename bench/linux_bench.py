@@ -25,9 +25,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT / "bench" / "results"
@@ -89,30 +90,48 @@ def wait_for_idle(max_wait: float, threshold: float = 0.10, window: float = 3.0)
     return False
 
 
+class ProcInfo(NamedTuple):
+    pid: int
+    pgid: int
+    rss_kib: int
+    cpu_ticks: int  # utime + stime + cutime + cstime, in clock ticks
+
+
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def process_table() -> Iterator[ProcInfo]:
+    """Every live process, read from /proc (processes that vanish meanwhile are skipped)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        cpu = sum(int(x) for x in fields[11:15])
+        yield ProcInfo(int(name), int(fields[2]), int(fields[21]) * PAGE_KIB, cpu)
+
+
 class GroupRssSampler(threading.Thread):
     """Samples the summed RSS of a process group, so multi-process tools are not undercounted."""
+
+    extra_cpu_s = 0.0  # CPU of watched processes outside the group (added to the step's CPU)
 
     def __init__(self, pgid: int, interval: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.pgid, self.interval = pgid, interval
         self.peak_kib = 0
         self._stop_event = threading.Event()
-        self._page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
-            total = 0
-            for name in os.listdir("/proc"):
-                if not name.isdigit():
-                    continue
-                try:
-                    stat = Path(f"/proc/{name}/stat").read_text()
-                except OSError:
-                    continue
-                fields = stat[stat.rfind(")") + 2 :].split()
-                if int(fields[2]) == self.pgid:
-                    total += int(fields[21]) * self._page_kib
-            self.peak_kib = max(self.peak_kib, total)
+            self.sample()
+
+    def sample(self) -> None:
+        total = sum(p.rss_kib for p in process_table() if p.pgid == self.pgid)
+        self.peak_kib = max(self.peak_kib, total)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -120,9 +139,17 @@ class GroupRssSampler(threading.Thread):
 
 
 def run_measured(
-    argv: list[str], env: dict[str, str], log: Path, timeout: float, cwd: Path | None = None
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    timeout: float,
+    cwd: Path | None = None,
+    sampler: Callable[[int], GroupRssSampler] = GroupRssSampler,
 ) -> Measured:
-    """Run argv in its own session; stdout/stderr go to log.out/log.err; measure via wait4."""
+    """Run argv in its own session; stdout/stderr go to log.out/log.err; measure via wait4.
+
+    `sampler(pid)` makes the RSS sampler for the new process group (network_bench.py passes one
+    that also counts a server's processes)."""
     os.sync()  # don't let the previous step's dirty pages be flushed on this step's clock
     done = threading.Lock()
     timed_out = False
@@ -146,8 +173,8 @@ def run_measured(
             stderr=err,
             start_new_session=True,
         )
-        sampler = GroupRssSampler(proc.pid)
-        sampler.start()
+        rss = sampler(proc.pid)
+        rss.start()
         timer = threading.Timer(timeout, kill)
         timer.start()
         try:
@@ -157,26 +184,34 @@ def run_measured(
             raise
         finally:
             timer.cancel()
-            sampler.stop()
+            rss.stop()
         with done:
             wall = time.monotonic() - t0
             busy = busy_cpu_seconds() - busy0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    cpu = usage.ru_utime + usage.ru_stime
+    cpu = usage.ru_utime + usage.ru_stime + rss.extra_cpu_s
     return Measured(
         rc=proc.returncode,
         wall_s=wall,
         cpu_s=cpu,
-        peak_rss_kib=max(usage.ru_maxrss, sampler.peak_kib),
+        peak_rss_kib=max(usage.ru_maxrss, rss.peak_kib),
         background_cpu=max(0.0, busy - cpu) / (wall * len(os.sched_getaffinity(0))),
         timed_out=timed_out,
     )
 
 
-def run_quiet(argv: list[str], cwd: Path | None = None, timeout: float = 120) -> str:
+def run_quiet(
+    argv: list[str],
+    cwd: Path | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+) -> str:
     """Run a helper command; return stdout, or raise BenchError with its last stderr line."""
     try:
-        res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(
+            argv, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=timeout
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BenchError(f"{argv[0]}: {exc}") from None
     if res.returncode != 0:
@@ -450,6 +485,20 @@ class Tool:
             ],
         }[self.name]
 
+    # Hooks for network_bench.py, which reuses this harness with a server per tool.
+
+    def initialise(self, logs: Path, args: argparse.Namespace) -> None:
+        """Create the repository."""
+        run_step(self, "init", self.init_argv(), logs, args)
+
+    def rss_sampler(self, pid: int) -> GroupRssSampler:
+        """The RSS sampler for a step whose process group is pid."""
+        return GroupRssSampler(pid)
+
+    def step_extras(self) -> dict[str, Any]:
+        """Extra figures for the result of the step that just ran."""
+        return {}
+
     def restored_root(self, target: Path, src: Path) -> Path:
         if self.name == "strongroom":
             return target / src.name  # /x/y/linux -> TARGET/linux
@@ -502,8 +551,8 @@ def run_step(
     print(f"  {tool.name:10s} {STEPS.get(step, step)} ...", end=" ", flush=True)
     if args.wait_idle > 0 and step != "init" and not wait_for_idle(args.wait_idle):
         print("(still busy after --wait-idle, measuring anyway)", end=" ", flush=True)
-    m = run_measured(argv, tool.env(), log, args.timeout, cwd=cwd)
-    res: dict[str, Any] = asdict(m)
+    m = run_measured(argv, tool.env(), log, args.timeout, cwd=cwd, sampler=tool.rss_sampler)
+    res: dict[str, Any] = asdict(m) | tool.step_extras()
     res["log"] = str(log)
     if m.rc != 0:
         why = "timed out" if m.timed_out else f"exit {m.rc}"
@@ -580,7 +629,7 @@ def step_notes(tool: Tool, step: str) -> str:
     return "; ".join(notes)
 
 
-def step_table(tools: list[Tool], step: str) -> str:
+def step_table(tools: list[Tool], step: str, notes: Callable[[Tool, str], str] = step_notes) -> str:
     rows = [
         "| tool | time (s) | CPU (s) | peak RSS (MiB) | repo (MiB) | client cache (MiB) | notes |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -593,7 +642,7 @@ def step_table(tools: list[Tool], step: str) -> str:
             f"| {'—' if cpu is None else fmt_time(cpu)} "
             f"| {'—' if rss is None else f'{rss / 1024:,.0f}'} "
             f"| {fmt_mib(metric(t, step, 'repo_bytes'))} "
-            f"| {fmt_mib(metric(t, step, 'cache_bytes'))} | {step_notes(t, step)} |"
+            f"| {fmt_mib(metric(t, step, 'cache_bytes'))} | {notes(t, step)} |"
         )
     by_name = {t.name: t for t in tools}
     sr = by_name.get("strongroom")
@@ -609,11 +658,13 @@ def step_table(tools: list[Tool], step: str) -> str:
     return "\n".join(rows)
 
 
-def targets_table(tools: list[Tool]) -> str:
+def targets_table(
+    tools: list[Tool], targets: tuple[tuple[str, str, str, float], ...] = TARGETS
+) -> str:
     by_name = {t.name: t for t in tools}
     sr, rs = by_name.get("strongroom"), by_name.get("restic")
     rows = ["| target (strongroom vs restic) | limit | ratio | result |", "|---|---:|---:|---|"]
-    for label, step, key, limit in TARGETS:
+    for label, step, key, limit in targets:
         a = metric(sr, step, key) if sr else None
         b = metric(rs, step, key) if rs else None
         if a is None or b is None or b == 0:
@@ -685,14 +736,15 @@ def background_line(tools: list[Tool]) -> str:
     return line
 
 
-def write_markdown(out: Path, section: str) -> None:
-    block = f"{START}\n{section}\n{END}"
+def write_markdown(out: Path, section: str, start: str = START, end: str = END) -> None:
+    """Replace the part of out between the start and end markers (append it if absent)."""
+    block = f"{start}\n{section}\n{end}"
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         text = out.read_text()
-        if START in text and END in text and text.index(START) < text.index(END):
-            head, rest = text.split(START, 1)
-            text = head + block + rest.split(END, 1)[1]
+        if start in text and end in text and text.index(start) < text.index(end):
+            head, rest = text.split(start, 1)
+            text = head + block + rest.split(end, 1)[1]
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
     else:
@@ -733,8 +785,9 @@ def prepare_workdir(work: Path) -> None:
     marker.touch()
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arg_parser(description: str, small_out: Path) -> argparse.ArgumentParser:
+    """The options shared with network_bench.py; check the result with check_args."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", type=Path, help="source tree to back up (default: Linux 6.1 source)")
     p.add_argument(
         "--cache",
@@ -752,7 +805,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out",
         type=Path,
         help="markdown report (default docs/BENCHMARKS.md; "
-        "with --small: bench/results/small-bench.md)",
+        f"with --small: {small_out.relative_to(PROJECT)})",
     )
     p.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated subset")
     p.add_argument("--skip-download", action="store_true", help="never run apt-get download")
@@ -766,7 +819,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="S",
         help="before each step wait up to S seconds for other processes to go idle",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace, small_out: Path) -> None:
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     bad = [t for t in args.tools if t not in ALL_TOOLS]
     if bad or not args.tools:
@@ -774,8 +830,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.small and args.data:
         p.error("--small and --data are mutually exclusive")
     if args.out is None:
-        small_out = RESULTS_DIR / "small-bench.md"
         args.out = small_out if args.small else PROJECT / "docs" / "BENCHMARKS.md"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    small_out = RESULTS_DIR / "small-bench.md"
+    p = arg_parser(__doc__.split("\n\n")[0], small_out)
+    args = p.parse_args(argv)
+    check_args(p, args, small_out)
     return args
 
 
@@ -821,28 +883,61 @@ def write_raw_json(mode: str, meta: dict[str, Any], tools: list[Tool]) -> Path:
 def bench(args: argparse.Namespace) -> int:
     mode = "small" if args.small else "linux"
     work = (args.work / mode).resolve()
-    tools = [find_tool(name) for name in args.tools]
+    tools = find_tools(args.tools)
+    src, description, files, logs = prepare_run(args, work, tools)
+    index, modified, mismatch = run_phases(tools, src, files, logs, args)
+    if not args.keep:
+        shutil.rmtree(src.parent, ignore_errors=True)
+
+    meta = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": mode,
+        "machine": machine_info(),
+        "data": data_info(description, files, index, modified),
+    }
+    section = render(meta, tools)
+    print("\n" + section)
+    write_markdown(args.out, section)
+    raw = write_raw_json(mode, meta, tools)
+    print(f"wrote {args.out} (section between linux-bench markers) and {raw}")
+    return report_failures(tools, logs, mismatch)
+
+
+def find_tools(names: list[str]) -> list[Tool]:
+    tools = [find_tool(name) for name in names]
     for t in tools:
         if t.exe is None:
             print(f"note: {t.note}; it is reported as unavailable")
     if not any(t.exe for t in tools):
         raise BenchError("none of the requested tools is available")
+    return tools
 
+
+def prepare_run(
+    args: argparse.Namespace, work: Path, tools: list[Tool]
+) -> tuple[Path, str, list[str], Path]:
+    """Source tree, its description and regular files (page cache warmed), and the logs dir."""
     src, description = prepare_source(args, work)
     logs = work / "logs"
     logs.mkdir()
-    index = index_tree(src)
-    files = regular_files(index)
+    files = regular_files(index_tree(src))
     print(f"warming the page cache: reading {len(files):,} files once ...", flush=True)
     warm_up(src, files)
     precompile_strongroom(tools)
     for t in tools:
         t.base = work / t.name
         t.home.mkdir(parents=True)
+    return src, description, files, logs
 
+
+def run_phases(
+    tools: list[Tool], src: Path, files: list[str], logs: Path, args: argparse.Namespace
+) -> tuple[dict[str, Entry], list[str], bool]:
+    """Steps (a)-(d) for every available tool; return the final index, the modified files and
+    whether a restore mismatched."""
     print("phase 1: init, (a) first backup, (b) nothing-changed backup")
     for t in (t for t in tools if t.exe):
-        run_step(t, "init", t.init_argv(), logs, args)
+        t.initialise(logs, args)
         backup(t, "first", 1, src, logs, args)
         backup(t, "unchanged", 2, src, logs, args)
     modified = modify_one_percent(src, files)
@@ -863,27 +958,23 @@ def bench(args: argparse.Namespace) -> int:
             print(f"  {t.name:10s} {'' if ok else '!!! RESTORE '}{res['verify']['summary']}")
         if not args.keep:
             shutil.rmtree(target, ignore_errors=True)
-    if not args.keep:
-        shutil.rmtree(src.parent, ignore_errors=True)
+    return index, modified, mismatch
 
-    meta = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "mode": mode,
-        "machine": machine_info(),
-        "data": {
-            "description": description,
-            "files": len(files),
-            "dirs": sum(1 for e in index.values() if e.kind == "d"),
-            "symlinks": sum(1 for e in index.values() if e.kind == "l"),
-            "bytes": sum(e.size for e in index.values() if e.kind == "f"),
-            "modified": len(modified),
-        },
+
+def data_info(
+    description: str, files: list[str], index: dict[str, Entry], modified: list[str]
+) -> dict[str, Any]:
+    return {
+        "description": description,
+        "files": len(files),
+        "dirs": sum(1 for e in index.values() if e.kind == "d"),
+        "symlinks": sum(1 for e in index.values() if e.kind == "l"),
+        "bytes": sum(e.size for e in index.values() if e.kind == "f"),
+        "modified": len(modified),
     }
-    section = render(meta, tools)
-    print("\n" + section)
-    write_markdown(args.out, section)
-    raw = write_raw_json(mode, meta, tools)
-    print(f"wrote {args.out} (section between linux-bench markers) and {raw}")
+
+
+def report_failures(tools: list[Tool], logs: Path, mismatch: bool) -> int:
     failed = [t.name for t in tools if t.exe and t.failed]
     if failed:
         print(f"!!! failed: {', '.join(failed)} (see logs in {logs})")
@@ -915,7 +1006,13 @@ def precompile_strongroom(tools: list[Tool]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    mode = "small" if args.small else "linux"
+    return run_locked(args, "small" if args.small else "linux", bench)
+
+
+def run_locked(
+    args: argparse.Namespace, mode: str, run: Callable[[argparse.Namespace], int]
+) -> int:
+    """run(args) holding the lock of this mode in args.work; map errors to exit codes."""
     try:
         args.work.mkdir(parents=True, exist_ok=True)
         with open(args.work / f".{mode}.lock", "w") as lock:
@@ -923,7 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise BenchError(f"another {mode} benchmark is running in {args.work}") from None
-            return bench(args)
+            return run(args)
     except (BenchError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

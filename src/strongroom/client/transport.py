@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 CONNECT_TIMEOUT = 20.0
 REPLY_TIMEOUT = 600.0  # a commit of a huge manifest or a flush on a slow disk can take long
-_STREAM_QUEUE = 16  # streamed parts buffered before the socket stops being read
+_STREAM_QUEUE = 4  # streamed parts (~4 MiB each) buffered before the socket stops being read
 
 
 class RemoteError(StrongroomError):
