@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import os
 import queue
 import socket
 import ssl
@@ -109,6 +110,7 @@ class Transport:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(_quiet_loop_errors)
         self._thread = threading.Thread(target=self._loop.run_forever, name="net", daemon=True)
         self._thread.start()
         try:
@@ -291,6 +293,14 @@ class Transport:
             self._thread.join(5)
         if not self._loop.is_running():
             self._loop.close()
+
+
+def _quiet_loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Errors reach callers through their futures; what asyncio reports on its own (e.g. a
+    3.11 SSL transport tripping over a connection reset while closing) must not print a
+    traceback at the user. STRONGROOM_DEBUG=1 shows it."""
+    if os.environ.get("STRONGROOM_DEBUG"):
+        loop.default_exception_handler(context)
 
 
 def _propagate_send_error(
