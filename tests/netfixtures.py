@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORD, Cli, Result
+from conftest import PASSWORD, Cli, Result, strongroom_exe
 
 KDF_ENV = {"STRONGROOM_KDF_MEMORY_MIB": "1", "STRONGROOM_KDF_ITERATIONS": "1"}
 ADMIN_PASSWORD = "set-by-the-admin"
@@ -166,6 +166,30 @@ class NetCli(Cli):
         # A restarted server may have a new port: follow it.
         self.env["STRONGROOM_SERVER"] = self.server.address
         return super().run(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def spawn(cli: Cli, *args: str) -> subprocess.Popen[str]:
+    """Start the real client in the background (for kills and concurrency)."""
+    if isinstance(cli, NetCli):
+        cli.env["STRONGROOM_SERVER"] = cli.server.address  # follow a restarted server
+    return subprocess.Popen(
+        [*strongroom_exe(), *args],
+        env=cli.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> Result:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"client did not finish in {timeout}s: {out}\n{err}") from None
+    return Result(proc.returncode, out, err)
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Result, strongroom_exe
-from netfixtures import NetCli, Server
+from conftest import Result
+from netfixtures import NetCli, Server, finish, spawn
 
 MiB = 1024 * 1024
 SEED = 20240917
@@ -90,28 +90,6 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def spawn(cli: NetCli, *args: str) -> subprocess.Popen[str]:
-    cli.env["STRONGROOM_SERVER"] = cli.server.address
-    return subprocess.Popen(
-        [*strongroom_exe(), *args],
-        env=cli.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 60) -> Result:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"client still running {timeout}s after the kill: {err}") from None
-    return Result(proc.returncode, out, err)
 
 
 def storage_dir(server: Server, user: str) -> Path:

@@ -15,15 +15,14 @@ import re
 import signal
 import socket
 import stat
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import PASSWORD, Cli, Result, strongroom_exe, tree_state
-from netfixtures import ADMIN_PASSWORD, KDF_ENV, NetCli, Server
+from conftest import PASSWORD, Cli, Result, tree_state
+from netfixtures import ADMIN_PASSWORD, KDF_ENV, NetCli, Server, finish, spawn
 
 MiB = 1024 * 1024
 MTIME = 1_700_000_000_000_000_000  # a fixed past time, so no file is "racy" (just modified)
@@ -72,27 +71,6 @@ class ConfigCli(Cli):
     @property
     def config_file(self) -> Path:
         return self.config_dir / "client.json"
-
-
-def spawn(cli: Cli, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*strongroom_exe(), *args],
-        env=cli.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 120) -> Result:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"client did not finish in {timeout}s: {out}\n{err}") from None
-    return Result(proc.returncode, out, err)
 
 
 def write(path: Path, data: bytes | str, mode: int = 0o644) -> Path:

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from netfixtures import NetCli, Server
-from test_network_crash import file_state, finish, pack_bytes, spawn, storage_dir
+from netfixtures import NetCli, Server, finish, spawn
+from test_network_crash import file_state, pack_bytes, storage_dir
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -26,14 +26,14 @@ from typing import Any, TypeVar
 import pytest
 
 from conftest import PASSWORD, Result
-from netfixtures import NetCli, Server
+from netfixtures import NetCli, Server, finish, spawn
 from strongroom import crypto, keys
 from strongroom.archiver import Archiver
 from strongroom.client.login import Target, login, open_connection
 from strongroom.client.remote import RemoteRepository
 from strongroom.protocol import messages as m
 from strongroom.server.stores import UserStore
-from test_network_crash import file_state, finish, pack_bytes, spawn, storage_dir
+from test_network_crash import file_state, pack_bytes, storage_dir
 from test_server_hostile import (
     assert_no_tracebacks,
     connect,

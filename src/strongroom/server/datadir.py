@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 
+from ..durable import fsync_dir
 from ..errors import StrongroomError
 
 SECRET_SIZE = 32
@@ -101,13 +102,3 @@ def write_new_file(path: Path, data: bytes, mode: int) -> bool:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-
-
-def fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,6 +31,7 @@ from typing import Any
 import blake3
 
 from ..crypto import content_checksum
+from ..durable import fsync_dir
 from ..errors import IntegrityError, RepositoryError
 from .lock import WriterLock
 
@@ -161,7 +162,7 @@ class PackStore:
         if meta and "schema" in meta:
             raise ValueError("'schema' is a reserved meta name")
         if _mkdir(root, parents=True):
-            _fsync_dir(root.parent)  # the repository folder's own entry must survive a crash
+            fsync_dir(root.parent)  # the repository folder's own entry must survive a crash
         for entry in root.iterdir():  # an earlier create that was killed
             if entry.name.startswith(_INIT_PREFIX):
                 with contextlib.suppress(OSError):
@@ -187,7 +188,7 @@ class PackStore:
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        _fsync_dir(root)
+        fsync_dir(root)
         return PackStore(root, writer=True)
 
     def _check_schema(self) -> None:
@@ -403,7 +404,7 @@ class PackStore:
         if _mkdir(folder):
             # A new subfolder is only durable once its parent is fsync'd; without this a power
             # loss could drop the folder, and with it a pack the index already points to.
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
         final = folder / name
         tmp = folder / (name + ".tmp")
         try:
@@ -425,7 +426,7 @@ class PackStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return name
 
     def remove_pack_file(self, name: str) -> None:
@@ -433,7 +434,7 @@ class PackStore:
         path = self.pack_path(name)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -782,16 +783,6 @@ def _mkdir(path: Path, *, parents: bool = False) -> bool:
             raise
         return False
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pread(fd: int, loc: BlobLocation) -> bytes:  # pragma: no cover - Windows fallback
