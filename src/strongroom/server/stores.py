@@ -29,6 +29,9 @@ class UserStore:
             PackStore.create(path, meta={"repo_id": path.name.encode()}).close()
         self.store = PackStore(path, writer=True)
         self.lock = threading.Lock()
+        # One GC at a time per user (after a backup, from the admin socket, a client's prune):
+        # two runs repacking the same pack would write and remove the same new file.
+        self.gc_lock = threading.Lock()
         # Open connections of this user -> their login time. GC deletes a condemned blob only
         # if it was condemned before the oldest of these logged in (store/gc.py).
         self.sessions: dict[object, int] = {}
@@ -90,6 +93,10 @@ class UserStore:
         return min(others) if bound is None else min(*others, bound)
 
     def gc(self, *, dry_run: bool = False, exclude: object = None) -> GcReport:
+        with self.gc_lock:
+            return self._gc(dry_run=dry_run, exclude=exclude)
+
+    def _gc(self, *, dry_run: bool, exclude: object) -> GcReport:
         if dry_run:
             return collect_garbage(self.store, dry_run=True, lock=self.lock)
         # Condemn first, deleting nothing; only then read the open sessions. A session that
@@ -110,9 +117,8 @@ class UserStore:
         rows = self.store.list_snapshots()
         candidates = [Candidate(r.snap_id, r.time_ns, r.series, r.protected) for r in rows]
         decisions = apply_policy(candidates, policy)
-        for d in decisions:
-            if not d.keep:
-                self.store.delete_snapshot(d.candidate.id)
+        # One transaction (one fsync) for all of them, instead of one per snapshot.
+        self.store.delete_snapshots(d.candidate.id for d in decisions if not d.keep)
         return decisions
 
     def snapshots(self) -> list[SnapshotRow]:

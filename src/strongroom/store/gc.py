@@ -257,8 +257,9 @@ def _repack(
             db.execute("DELETE FROM packs WHERE id = ?", (plan.pack_id,))
             switched = True
     finally:
-        if not switched and new_name != pack_name:
-            store.remove_pack_file(new_name)  # never indexed: nobody can be reading it
+        # Never indexed (unless identical bytes already were: then it is not ours to remove).
+        if not switched and new_name != pack_name and not store.has_pack(new_name):
+            store.remove_pack_file(new_name)
     _notify(step, "switched")
     if new_name != pack_name:
         store.remove_pack_file(pack_name)

@@ -688,16 +688,25 @@ class PackStore:
 
     def delete_snapshot(self, snap_id: str) -> bool:
         """Remove a snapshot (never a protected one); its blobs become garbage for GC."""
+        return self.delete_snapshots([snap_id]) > 0
+
+    def delete_snapshots(self, snap_ids: Iterable[str]) -> int:
+        """Remove snapshots in one transaction (all or none; never a protected one)."""
         if self._lock is None:
             raise RepositoryError("store was opened read-only")
+        removed = 0
         with self._db_lock, self._db:
-            row = self._db.execute(
-                "SELECT protected FROM snapshots WHERE snap_id = ?", (snap_id,)
-            ).fetchone()
-            if row is not None and row[0]:
-                raise RepositoryError(f"snapshot {snap_id[:8]} is protected; unprotect it first")
-            cur = self._db.execute("DELETE FROM snapshots WHERE snap_id = ?", (snap_id,))
-            return cur.rowcount > 0
+            for snap_id in snap_ids:
+                row = self._db.execute(
+                    "SELECT protected FROM snapshots WHERE snap_id = ?", (snap_id,)
+                ).fetchone()
+                if row is not None and row[0]:
+                    raise RepositoryError(
+                        f"snapshot {snap_id[:8]} is protected; unprotect it first"
+                    )
+                cur = self._db.execute("DELETE FROM snapshots WHERE snap_id = ?", (snap_id,))
+                removed += cur.rowcount
+        return removed
 
     # ---- housekeeping ---------------------------------------------------------------------
 
