@@ -116,7 +116,7 @@ def _copy_tree(tree: SourceTree, dest: Path, *, only_big: tuple[str, ...] | None
 # ---- processes, locks and kills --------------------------------------------------------------
 
 
-def _holds_writer_lock(pid: int, inode: int) -> bool:
+def holds_writer_lock(pid: int, inode: int) -> bool:
     """True if process `pid` holds the flock on the repository's lock file (Linux)."""
     try:
         with open("/proc/locks") as fh:
@@ -187,14 +187,14 @@ def run_killed(
             kill_at = t0 + after_start
         else:
             while proc.poll() is None and time.monotonic() < deadline:
-                if lock_at is None and _holds_writer_lock(proc.pid, inode):
+                if lock_at is None and holds_writer_lock(proc.pid, inode):
                     lock_at = time.monotonic() - t0
                 if (when is None and lock_at is not None) or (when is not None and when()):
                     break
                 time.sleep(0.002)
             kill_at = time.monotonic() + (after_lock if after_lock is not None else then)
         while proc.poll() is None and time.monotonic() < min(kill_at, deadline):
-            if lock_at is None and _holds_writer_lock(proc.pid, inode):
+            if lock_at is None and holds_writer_lock(proc.pid, inode):
                 lock_at = time.monotonic() - t0
             time.sleep(min(0.003, max(0.0, kill_at - time.monotonic())))
         if proc.poll() is None:

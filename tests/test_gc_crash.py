@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from conftest import Cli, strongroom_exe, tree_state
+from test_crash import holds_writer_lock
 from test_gc import disk_packs, index_db, index_packs, write_random
 
 pytestmark = pytest.mark.skipif(
@@ -80,21 +81,6 @@ def index_state(repo: Path) -> tuple[Any, ...]:
 # ---- killing ---------------------------------------------------------------------------------
 
 
-def _holds_lock(pid: int, inode: int) -> bool:
-    try:
-        with open("/proc/locks") as fh:
-            lines = fh.readlines()
-    except OSError:
-        return False
-    for line in lines:
-        f = line.split()
-        if len(f) > 1 and f[1] == "->":
-            continue  # waiting, not holding
-        if len(f) >= 6 and f[1] == "FLOCK" and f[4] == str(pid) and f[5].endswith(f":{inode}"):
-            return True
-    return False
-
-
 @dataclass
 class Run:
     returncode: int
@@ -125,7 +111,7 @@ def prune_killed(cli: Cli, after_lock: float, timeout: float = 60) -> Run:
     lock_at = ended_at = None
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            if _holds_lock(proc.pid, inode):
+            if holds_writer_lock(proc.pid, inode):
                 lock_at = time.monotonic() - t0
                 break
             time.sleep(0.001)
