@@ -1,11 +1,16 @@
-"""Stored form of a blob: nonce || AES-256-GCM(flag || payload), AAD = blob ID.
+"""Stored form of a blob: nonce || AES-256-GCM(body), AAD = blob ID.
 
-flag 0 = payload stored as is, flag 1 = payload is a zstd frame. Incompressible data is stored
-raw so restore does not pay for a useless decompression.
+The body starts with a flag. Blobs written today are padded so that the stored length is a
+Padmé length (padding.py): flag 2 = payload stored as is, flag 3 = payload is a zstd frame,
+both as ``flag(1) || pad_len(u32 LE) || payload || pad_len zero bytes``. Older versions wrote
+``flag || payload`` with flag 0 (raw) or 1 (zstd), with no padding; those still decode.
+Incompressible data is stored raw so restore does not pay for a useless decompression.
 """
 
 from __future__ import annotations
 
+import os
+import struct
 import threading
 from enum import IntEnum
 
@@ -14,12 +19,20 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import crypto
 from .errors import IntegrityError
+from .padding import padme
 
 ZSTD_LEVEL = 1  # measured best time/size trade-off on source trees (docs/BENCHMARKS.md)
 MAX_BLOB_SIZE = 16 * 1024 * 1024  # hard cap on a decoded blob, guards against decompression bombs
 
-_RAW = 0
-_ZSTD = 1
+_RAW = 0  # unpadded, read only
+_ZSTD = 1  # unpadded, read only
+_RAW_PADDED = 2
+_ZSTD_PADDED = 3
+_PADDED_HEADER = struct.Struct("<BI")  # flag, number of zero bytes after the payload
+# Everything stored besides the payload and the padding.
+OVERHEAD = crypto.NONCE_SIZE + _PADDED_HEADER.size + crypto.TAG_SIZE
+# Zero bytes to pad from without allocating (a blob under 32 MiB needs less than 512 KiB).
+_ZEROS = memoryview(bytes(1 << 19))
 
 
 class BlobType(IntEnum):
@@ -27,8 +40,17 @@ class BlobType(IntEnum):
     TREE = 1  # one directory listing
 
 
+def stored_size(payload_len: int) -> int:
+    """The stored length of a blob whose (raw or compressed) payload has this length."""
+    return padme(OVERHEAD + payload_len)
+
+
+def _zeros(n: int) -> memoryview | bytes:
+    return _ZEROS[:n] if n <= len(_ZEROS) else bytes(n)
+
+
 class BlobCodec:
-    """Compresses, encrypts, decrypts and verifies blobs. One instance per thread."""
+    """Compresses, pads, encrypts, decrypts and verifies blobs. One instance per thread."""
 
     def __init__(self, aead: AESGCM, hasher: crypto.BlobHasher, level: int = ZSTD_LEVEL) -> None:
         self._aead = aead
@@ -38,37 +60,64 @@ class BlobCodec:
 
     def encode(self, blob_id: bytes, plaintext: bytes | memoryview) -> bytes:
         compressed = self._cctx.compress(plaintext)
-        if len(compressed) < len(plaintext):
-            body = b"\x01" + compressed
+        # Compressed only if that makes the *stored* blob smaller: when both pad to the same
+        # length, raw costs nothing more and restore skips the decompression.
+        payload: bytes | memoryview
+        total = stored_size(len(plaintext))
+        if (zstd_total := stored_size(len(compressed))) < total:
+            flag, payload, total = _ZSTD_PADDED, compressed, zstd_total
         else:
-            body = b"\x00" + bytes(plaintext)
-        return crypto.seal(self._aead, body, blob_id)
+            flag, payload = _RAW_PADDED, plaintext
+        pad = total - OVERHEAD - len(payload)
+        # One allocation for the body, one for the ciphertext, one to put the nonce in front.
+        body = b"".join((_PADDED_HEADER.pack(flag, pad), payload, _zeros(pad)))
+        nonce = os.urandom(crypto.NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, body, blob_id)
 
     def decode(self, blob_id: bytes, stored: bytes | memoryview) -> bytes:
         """Decrypt, decompress and check that the plaintext really has this ID."""
-        body = crypto.unseal(self._aead, stored, blob_id, f"blob {blob_id.hex()[:16]}")
+        what = f"blob {blob_id.hex()[:16]}"
+        body = crypto.unseal(self._aead, stored, blob_id, what)
         if not body:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} is empty")
+            raise IntegrityError(f"{what} is empty")
         flag = body[0]
-        if flag == _RAW:
-            plain = body[1:]
-        elif flag == _ZSTD:
-            frame = body[1:]
-            try:
-                # decompress() allocates whatever the frame header declares, ignoring
-                # max_output_size, so a declared size must be checked before decompressing.
-                declared = zstandard.frame_content_size(frame)
-                if declared > MAX_BLOB_SIZE:
-                    raise IntegrityError(f"blob {blob_id.hex()[:16]} declares an oversized content")
-                plain = self._dctx.decompress(frame, max_output_size=MAX_BLOB_SIZE)
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(f"blob {blob_id.hex()[:16]} does not decompress") from exc
-            if len(plain) > MAX_BLOB_SIZE:
-                raise IntegrityError(f"blob {blob_id.hex()[:16]} is larger than allowed")
+        view = memoryview(body)
+        if flag in (_RAW_PADDED, _ZSTD_PADDED):
+            if len(body) < _PADDED_HEADER.size:
+                raise IntegrityError(f"{what} has a truncated padding header")
+            pad = _PADDED_HEADER.unpack_from(body)[1]
+            end = len(body) - pad
+            if end < _PADDED_HEADER.size:
+                raise IntegrityError(f"{what} declares more padding than it holds")
+            if not body.endswith(_zeros(pad)):
+                raise IntegrityError(f"{what} has malformed padding")
+            payload = view[_PADDED_HEADER.size : end]
+            compressed = flag == _ZSTD_PADDED
+        elif flag in (_RAW, _ZSTD):
+            payload = view[1:]
+            compressed = flag == _ZSTD
         else:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} has unknown encoding {flag}")
+            raise IntegrityError(f"{what} has unknown encoding {flag}")
+        plain = self._decompress(payload, what) if compressed else bytes(payload)
         if not crypto.constant_time_equal(self.hash(plain), blob_id):
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its ID")
+            raise IntegrityError(f"{what} does not match its ID")
+        return plain
+
+    def _decompress(self, frame: memoryview, what: str) -> bytes:
+        try:
+            # decompress() allocates whatever the frame header declares, ignoring
+            # max_output_size, so a declared size must be checked before decompressing.
+            declared = zstandard.frame_content_size(frame)
+            if declared > MAX_BLOB_SIZE:
+                raise IntegrityError(f"{what} declares an oversized content")
+            # One frame and nothing after it: a payload must end where its padding starts.
+            plain = self._dctx.decompress(
+                frame, max_output_size=MAX_BLOB_SIZE, allow_extra_data=False
+            )
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{what} does not decompress") from exc
+        if len(plain) > MAX_BLOB_SIZE:
+            raise IntegrityError(f"{what} is larger than allowed")
         return plain
 
 
