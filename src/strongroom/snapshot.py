@@ -12,9 +12,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import crypto
 from .errors import IntegrityError, StrongroomError
+from .padding import padme
 from .store import SnapshotRow
 
 SNAPSHOT_VERSION = 1
+# Sealed records are padded (with spaces after the JSON, which JSON ignores) to a Padmé length,
+# and to at least this many bytes, which a record of a few short paths does not reach: the
+# server then cannot tell hosts, user names, paths or tags apart by their length.
+RECORD_MIN_SIZE = 1024
+_SEAL_OVERHEAD = crypto.NONCE_SIZE + crypto.TAG_SIZE
 
 
 @dataclass
@@ -60,7 +66,9 @@ def _aad(snap_id: str) -> bytes:
 def seal_snapshot(aead: AESGCM, snap: Snapshot) -> bytes:
     body = dict(asdict(snap), v=SNAPSHOT_VERSION)
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return crypto.seal(aead, raw, _aad(snap.id))
+    sealed = _SEAL_OVERHEAD + len(raw)
+    padded = b"".join((raw, b" " * (max(RECORD_MIN_SIZE, padme(sealed)) - sealed)))
+    return crypto.seal(aead, padded, _aad(snap.id))
 
 
 def open_snapshot(aead: AESGCM, row: SnapshotRow) -> Snapshot:
