@@ -14,16 +14,21 @@ import shutil
 import sqlite3
 import stat
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import PASSWORD, Cli, Result
 from strongroom import snapshot, tree
 from strongroom.blobs import BlobType
+from strongroom.cli.main import cli as strongroom_cli
+from strongroom.errors import IntegrityError
 from strongroom.pathsafe import is_safe_name
-from strongroom.repository import LocalRepository
+from strongroom.repository import LocalRepository, load_snapshots
+from strongroom.restorer import Restorer
 from strongroom.tree import ContentRef, Node
 
 SECRET = b"outside secret, must never change\n"
@@ -531,3 +536,139 @@ def test_special_files_with_hostile_names(cli: Cli, sandbox: Sandbox) -> None:
     if hasattr(os, "mkfifo"):
         assert names == ["fifo"]
         assert stat.S_ISFIFO((sandbox.target / "fifo").lstat().st_mode)
+
+
+# ---- completeness: every planned blob arrives exactly once ---------------------------------------
+
+BlobStream = Iterator[tuple[bytes, bytes]]
+ReadBlobs = Callable[[LocalRepository, Iterable[bytes]], BlobStream]
+
+
+def tamper_reads(
+    monkeypatch: pytest.MonkeyPatch, tamper: Callable[[list[bytes], BlobStream], BlobStream]
+) -> None:
+    """Every repository opened in this process answers read_blobs through `tamper`: what a
+    server that ends its stream early, repeats itself or sends extra blobs looks like."""
+    original: ReadBlobs = LocalRepository.read_blobs
+
+    def read_blobs(self: LocalRepository, blob_ids: Iterable[bytes]) -> BlobStream:
+        asked = list(blob_ids)
+        return tamper(asked, original(self, asked))
+
+    monkeypatch.setattr(LocalRepository, "read_blobs", read_blobs)
+
+
+def restore_in_process(cli: Cli, sandbox: Sandbox, snap_id: str, *extra: str) -> Result:
+    """The real `strongroom restore` command, run in this process so a test can interfere."""
+    sandbox.freeze()
+    args = ["restore", snap_id, "--target", str(sandbox.target), *extra]
+    res = CliRunner().invoke(strongroom_cli, args, env=cli.env)
+    assert not isinstance(res.exception, AssertionError), res.exception
+    out = Result(res.exit_code, res.stdout, res.stderr)
+    assert "Traceback" not in out.stderr
+    assert "internal error" not in out.stderr, out.stderr
+    sandbox.assert_untouched()
+    return out
+
+
+def small_tree(f: Forge) -> tuple[str, set[bytes], set[bytes]]:
+    """A snapshot with two folders and three files; returns its ID, data IDs and subtree IDs."""
+    one, two, three = f.data(b"one" * 50), f.data(b"two" * 50), f.data(b"three" * 50)
+    inner = f.tree([file_node("b.txt", two), file_node("c.txt", three)])
+    root = f.tree([file_node("a.txt", one), dir_node("sub", inner), dir_node("empty", f.tree([]))])
+    data_ids = {one.blob_id, two.blob_id, three.blob_id}
+    return f.commit(root), data_ids, {inner}
+
+
+@pytest.mark.parametrize("phase", ["data", "tree"])
+def test_blob_never_received_fails_restore(
+    cli: Cli, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, phase: str
+) -> None:
+    """A repository read that silently yields one blob fewer is an error, never exit code 0."""
+    snap_id, data_ids, tree_ids = small_tree(Forge(cli))
+    victims = data_ids if phase == "data" else tree_ids
+
+    def drop_one(asked: list[bytes], stream: BlobStream) -> BlobStream:
+        dropped = False
+        for bid, stored in stream:
+            if bid in victims and not dropped:
+                dropped = True
+                continue
+            yield bid, stored
+
+    tamper_reads(monkeypatch, drop_one)
+    res = restore_in_process(cli, sandbox, snap_id)
+    assert res.returncode == 1, res.stderr
+    assert "restore incomplete: 1 blob(s) were not received from the repository" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_blob_received_twice_fails_restore(
+    cli: Cli, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap_id, data_ids, _trees = small_tree(Forge(cli))
+
+    def repeat_one(asked: list[bytes], stream: BlobStream) -> BlobStream:
+        for bid, stored in stream:
+            yield bid, stored
+            if bid in data_ids:
+                yield bid, stored
+
+    tamper_reads(monkeypatch, repeat_one)
+    res = restore_in_process(cli, sandbox, snap_id)
+    assert res.returncode == 1, res.stderr
+    assert "twice" in res.stderr
+
+
+def test_blob_not_asked_for_fails_restore(
+    cli: Cli, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid, decryptable blob of the same repository that the restore did not request."""
+    f = Forge(cli)
+    stray = f.data(b"not part of the snapshot")
+    snap_id, data_ids, _trees = small_tree(f)
+    repo = LocalRepository.open(cli.repo, PASSWORD.encode())
+    stray_stored = next(iter(repo.read_blobs([stray.blob_id])))
+    repo.close()
+
+    def add_stray(asked: list[bytes], stream: BlobStream) -> BlobStream:
+        yield from stream
+        if data_ids & set(asked):
+            yield stray_stored
+
+    tamper_reads(monkeypatch, add_stray)
+    res = restore_in_process(cli, sandbox, snap_id)
+    assert res.returncode == 1, res.stderr
+    assert "not asked for" in res.stderr
+
+
+@pytest.mark.parametrize("tamper", ["drop", "repeat", "extra"])
+def test_restorer_raises_integrity_error_for_any_repository(
+    cli: Cli, tmp_path: Path, tamper: str
+) -> None:
+    """The check lives in the restorer, so it holds for any Repository implementation."""
+    snap_id, data_ids, _trees = small_tree(Forge(cli))
+    repo = LocalRepository.open(cli.repo, PASSWORD.encode())
+    original = repo.read_blobs
+    extra = (b"\x01" * 32, b"junk")
+
+    def read_blobs(blob_ids: Iterable[bytes]) -> BlobStream:
+        items = list(original(blob_ids))
+        if not data_ids & {bid for bid, _s in items}:
+            yield from items
+            return
+        if tamper == "drop":
+            items = items[1:]
+        elif tamper == "repeat":
+            items = [*items, items[0]]
+        else:
+            items = [*items, extra]
+        yield from items
+
+    repo.read_blobs = read_blobs  # type: ignore[method-assign]
+    snap = next(s for s in load_snapshots(repo) if s.id == snap_id)
+    try:
+        with pytest.raises(IntegrityError):
+            Restorer(repo).restore(snap, str(tmp_path / "out"))
+    finally:
+        repo.close()

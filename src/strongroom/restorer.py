@@ -13,7 +13,7 @@ import stat
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -117,10 +117,12 @@ class Restorer:
         while level:
             if len(level[0][2]) > _MAX_DEPTH:
                 raise IntegrityError("snapshot tree is nested implausibly deep; refusing")
-            decoded = {
-                bid: tree.decode_tree(codec.decode(bid, stored))
-                for bid, stored in self.repo.read_blobs({t for t, _f, _r in level})
-            }
+            asked = {t for t, _f, _r in level}
+            decoded: dict[bytes, list[Node]] = {}
+            for bid, stored in self.repo.read_blobs(asked):
+                _check_arrival(bid, asked, decoded)
+                decoded[bid] = tree.decode_tree(codec.decode(bid, stored))
+            _check_complete(len(asked) - len(decoded))
             stack, level = level, []
             for tree_id, folder, rel in stack:
                 self._walk_one(decoded[tree_id], folder, rel, wanted, files, dirs, specials, level)
@@ -213,12 +215,23 @@ class Restorer:
             finally:
                 sem.release()
 
+        # Every planned blob must arrive exactly once: a repository (or server) that ends its
+        # answer early must not leave holes in files behind an exit code of 0.
+        received: set[bytes] = set()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as pool:
             for blob_id, stored in self.repo.read_blobs(plan.keys()):
                 if errors:
                     break
+                try:
+                    _check_arrival(blob_id, plan, received)
+                except IntegrityError as bad:
+                    errors.append(bad)
+                    break
+                received.add(blob_id)
                 sem.acquire()
                 pool.submit(work, blob_id, stored)
+        if not errors:
+            _check_complete(len(plan) - len(received))
         if errors:
             exc = errors[0]
             if isinstance(exc, StrongroomError):
@@ -388,6 +401,23 @@ class Restorer:
         self.result.notes.append(message)
         if self._note_cb is not None:
             self._note_cb(message)
+
+
+def _check_arrival(blob_id: bytes, asked: Container[bytes], received: Container[bytes]) -> None:
+    """A blob the restore did not ask for, or one sent twice, means the repository is lying."""
+    if blob_id not in asked:
+        raise IntegrityError(
+            f"restore failed: the repository sent blob {blob_id.hex()[:16]}, not asked for"
+        )
+    if blob_id in received:
+        raise IntegrityError(f"restore failed: the repository sent blob {blob_id.hex()[:16]} twice")
+
+
+def _check_complete(missing: int) -> None:
+    if missing:
+        raise IntegrityError(
+            f"restore incomplete: {missing} blob(s) were not received from the repository"
+        )
 
 
 def _match(path: tuple[str, ...], wanted: list[tuple[str, ...]]) -> bool | None:
