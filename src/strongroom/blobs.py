@@ -62,12 +62,12 @@ class BlobCodec:
         compressed = self._cctx.compress(plaintext)
         # Compressed only if that makes the *stored* blob smaller: when both pad to the same
         # length, raw costs nothing more and restore skips the decompression.
-        payload: bytes | memoryview
-        total = stored_size(len(plaintext))
-        if (zstd_total := stored_size(len(compressed))) < total:
-            flag, payload, total = _ZSTD_PADDED, compressed, zstd_total
-        else:
-            flag, payload = _RAW_PADDED, plaintext
+        payload: bytes | memoryview = plaintext
+        flag, total = _RAW_PADDED, padme(OVERHEAD + len(plaintext))
+        if len(compressed) < len(plaintext):
+            zstd_total = padme(OVERHEAD + len(compressed))
+            if zstd_total < total:
+                flag, payload, total = _ZSTD_PADDED, compressed, zstd_total
         pad = total - OVERHEAD - len(payload)
         # One allocation for the body, one for the ciphertext, one to put the nonce in front.
         body = b"".join((_PADDED_HEADER.pack(flag, pad), payload, _zeros(pad)))
@@ -81,24 +81,25 @@ class BlobCodec:
         if not body:
             raise IntegrityError(f"{what} is empty")
         flag = body[0]
-        view = memoryview(body)
-        if flag in (_RAW_PADDED, _ZSTD_PADDED):
+        if _RAW_PADDED <= flag <= _ZSTD_PADDED:
             if len(body) < _PADDED_HEADER.size:
                 raise IntegrityError(f"{what} has a truncated padding header")
             pad = _PADDED_HEADER.unpack_from(body)[1]
             end = len(body) - pad
             if end < _PADDED_HEADER.size:
                 raise IntegrityError(f"{what} declares more padding than it holds")
-            if not body.endswith(_zeros(pad)):
+            if pad and not body.endswith(_zeros(pad)):
                 raise IntegrityError(f"{what} has malformed padding")
-            payload = view[_PADDED_HEADER.size : end]
-            compressed = flag == _ZSTD_PADDED
-        elif flag in (_RAW, _ZSTD):
-            payload = view[1:]
-            compressed = flag == _ZSTD
+            if flag == _RAW_PADDED:
+                plain = body[_PADDED_HEADER.size : end]
+            else:
+                plain = self._decompress(memoryview(body)[_PADDED_HEADER.size : end], what)
+        elif flag == _RAW:
+            plain = body[1:]
+        elif flag == _ZSTD:
+            plain = self._decompress(memoryview(body)[1:], what)
         else:
             raise IntegrityError(f"{what} has unknown encoding {flag}")
-        plain = self._decompress(payload, what) if compressed else bytes(payload)
         if not crypto.constant_time_equal(self.hash(plain), blob_id):
             raise IntegrityError(f"{what} does not match its ID")
         return plain
