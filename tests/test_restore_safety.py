@@ -13,6 +13,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,8 +22,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from conftest import PASSWORD, Cli, Result
-from strongroom import snapshot, tree
+from conftest import PASSWORD, Cli, Result, strongroom_exe, tree_state
+from strongroom import restorer, snapshot, tree
 from strongroom.blobs import BlobType
 from strongroom.cli.main import cli as strongroom_cli
 from strongroom.errors import IntegrityError
@@ -113,7 +114,8 @@ class Sandbox:
         self.before: dict[str, tuple[Any, ...]] | None = None
 
     def state(self) -> dict[str, tuple[Any, ...]]:
-        """Everything in the sandbox except the target's contents, including link counts."""
+        """Everything in the sandbox except the target's contents, including link counts and
+        owners (restore runs as root in CI and chowns what it writes)."""
         out: dict[str, tuple[Any, ...]] = {}
         for dirpath, dirnames, filenames in os.walk(self.root):
             if Path(dirpath) == self.target:
@@ -125,13 +127,14 @@ class Sandbox:
                     continue
                 st = p.lstat()
                 key = os.fsdecode(p.relative_to(self.root))
+                owner = (st.st_uid, st.st_gid)
                 if stat.S_ISLNK(st.st_mode):
-                    out[key] = ("link", os.readlink(p))
+                    out[key] = ("link", os.readlink(p), owner)
                 elif stat.S_ISDIR(st.st_mode):
-                    out[key] = ("dir", st.st_mode, st.st_mtime_ns, st.st_ino)
+                    out[key] = ("dir", st.st_mode, st.st_mtime_ns, st.st_ino, owner)
                 else:
                     content = p.read_bytes() if stat.S_ISREG(st.st_mode) else None
-                    out[key] = ("file", st.st_mode, st.st_mtime_ns, st.st_nlink, content)
+                    out[key] = ("file", st.st_mode, st.st_mtime_ns, st.st_nlink, content, owner)
         return out
 
     def freeze(self) -> None:
@@ -177,8 +180,41 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return c.repo
 
 
+# Runs `strongroom` with restore forced onto its full-path fallback (what platforms without
+# dir_fd support, i.e. Windows, use); everything else is the real program.
+_PATHS_LAUNCHER = (
+    "import sys; import strongroom.restorer as r; r.DIR_FD_SUPPORTED = False; "
+    f"sys.argv = ['strongroom', *sys.argv[{1 + len(strongroom_exe())}:]]; "
+    "from strongroom.cli.main import main; main()"
+)
+
+
+class PathsCli(Cli):
+    PREFIX = (sys.executable, "-c", _PATHS_LAUNCHER)
+
+
+@pytest.fixture(params=["dir_fd", "paths"])
+def cli(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    template_repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Cli:
+    """Each hostile-snapshot test runs against both ways restore can work: through folder
+    descriptors, and by full paths (in this process too, for tests that run restore here)."""
+    if request.param == "paths":
+        monkeypatch.setattr(restorer, "DIR_FD_SUPPORTED", False)
+        c: Cli = PathsCli(tmp_path)
+    else:
+        c = Cli(tmp_path)
+    shutil.copytree(template_repo, c.repo)
+    return c
+
+
 @pytest.fixture
-def cli(tmp_path: Path, template_repo: Path) -> Cli:
+def fd_cli(tmp_path: Path, template_repo: Path) -> Cli:
+    """Restore through folder descriptors: the mode that withstands a local user's races."""
+    assert restorer.DIR_FD_SUPPORTED, "this platform should support dir_fd"
     c = Cli(tmp_path)
     shutil.copytree(template_repo, c.repo)
     return c
@@ -672,3 +708,131 @@ def test_restorer_raises_integrity_error_for_any_repository(
             Restorer(repo).restore(snap, str(tmp_path / "out"))
     finally:
         repo.close()
+
+
+# ---- a local user swaps a folder for a link while the restore runs -------------------------------
+
+SWAPPED_UID = 4242  # the snapshot's owner of every file: a chown through the link would show
+
+
+def owned_file(name: str, *refs: ContentRef) -> Node:
+    node = file_node(name, *refs)
+    node.uid = node.gid = SWAPPED_UID
+    return node
+
+
+def swap_for_link(sandbox: Sandbox, how: str) -> None:
+    """What a local user who can write target/a does: target/a/b becomes a link to outside."""
+    b = sandbox.target / "a" / "b"
+    if how == "moved":
+        os.rename(b, sandbox.target / "a" / "b.moved")
+    else:
+        shutil.rmtree(b)
+    os.symlink(sandbox.outside, b)
+
+
+def wait_for_piece(path: Path, pos: int, piece: bytes) -> None:
+    deadline = time.monotonic() + 30
+    while path.read_bytes()[pos : pos + len(piece)] != piece:
+        assert time.monotonic() < deadline, "the first piece was never written"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("cache", [restorer.__dict__.get("_DIR_FD_CACHE", 256), 1])
+@pytest.mark.parametrize("how", ["moved", "removed"])
+@pytest.mark.parametrize("when", ["before_writes", "between_blobs"])
+def test_folder_swapped_for_link_during_restore(
+    fd_cli: Cli,
+    sandbox: Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    cache: int,
+    how: str,
+    when: str,
+) -> None:
+    """Restore over an existing tree: target/a/b is checked by the planning walk, then replaced
+    by a link to a folder outside, before the writes or between the two blobs of one file.
+    Nothing may be written or chowned outside, and the restore must fail."""
+    cli = fd_cli
+    f = Forge(cli)
+    first, second = f.data(b"1" * 5000), f.data(b"2" * 5000)
+    single = f.data(b"single piece")
+    sub = f.tree([owned_file("x", single)])
+    b = f.tree(
+        [
+            owned_file("secret.txt", first, second),  # outside/secret.txt through the link
+            owned_file("new.txt", single),
+            dir_node("sub", sub),  # outside/sub/x through the link
+        ]
+    )
+    snap_id = f.commit(f.tree([dir_node("a", f.tree([dir_node("b", b)]))]))
+    (sandbox.target / "a" / "b").mkdir(parents=True)  # the existing tree restore goes over
+    monkeypatch.setattr(restorer, "_DIR_FD_CACHE", cache, raising=False)
+    data_ids = {first.blob_id, second.blob_id, single.blob_id}
+    big_file = sandbox.target / "a" / "b" / "secret.txt"
+
+    def swap_during_writes(asked: list[bytes], stream: BlobStream) -> BlobStream:
+        if not data_ids & set(asked):
+            yield from stream  # planning: reading trees
+            return
+        if when == "before_writes":
+            swap_for_link(sandbox, how)
+            yield from stream
+            return
+        swapped = False
+        for bid, stored in stream:
+            yield bid, stored
+            if not swapped and bid in (first.blob_id, second.blob_id):
+                # the restore has written this piece of secret.txt into target/a/b: swap now
+                piece, pos = (b"1" * 5000, 0) if bid == first.blob_id else (b"2" * 5000, 5000)
+                wait_for_piece(big_file, pos, piece)
+                swap_for_link(sandbox, how)
+                swapped = True
+
+    tamper_reads(monkeypatch, swap_during_writes)
+    res = restore_in_process(cli, sandbox, snap_id)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert f"{sandbox.target / 'a' / 'b'} was moved or replaced" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    # restore_in_process checked that the sandbox outside the target is unchanged, owners too
+    assert (sandbox.target / "a" / "b").is_symlink()
+
+
+def test_fallback_mode_is_chosen_when_dir_fd_is_missing(
+    fd_cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What PathsCli relies on: the platform check is read when a Restorer is made."""
+    repo = LocalRepository.open(fd_cli.repo, PASSWORD.encode())
+    try:
+        assert Restorer(repo).uses_dir_fds
+        monkeypatch.setattr(restorer, "DIR_FD_SUPPORTED", False)
+        assert not Restorer(repo).uses_dir_fds
+    finally:
+        repo.close()
+
+
+@pytest.mark.parametrize("cache", [1, 3])
+def test_tiny_descriptor_cache_restores_exactly_and_leaks_nothing(
+    fd_cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: int
+) -> None:
+    """Far more folders than cached descriptors, files of many blobs, several writer threads:
+    folders are re-opened from their ancestors all the time, and every descriptor is closed."""
+    src = tmp_path / "src"
+    for i in range(12):
+        deep = src / f"d{i}" / "x" / f"y{i % 3}"
+        deep.mkdir(parents=True)
+        (deep / "f").write_bytes(f"file {i}".encode() * (i + 1))
+        (src / f"d{i}" / "top").write_bytes(os.urandom(1000 * i))
+    (src / "d3" / "x" / "big").write_bytes(os.urandom(5_000_000))  # many blobs
+    (src / "d7" / "big").write_bytes(os.urandom(3_000_000))
+    os.symlink("../d1/top", src / "d2" / "link")
+    os.mkfifo(src / "d4" / "pipe")
+    fd_cli.backup(src)
+    monkeypatch.setattr(restorer, "_DIR_FD_CACHE", cache)
+    target = tmp_path / "out"
+    open_before = len(os.listdir("/proc/self/fd"))
+    res = CliRunner().invoke(
+        strongroom_cli, ["restore", "latest", "-t", str(target)], env=fd_cli.env
+    )
+    assert res.exit_code == 0, res.output
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert tree_state(target / "src") == tree_state(src)
