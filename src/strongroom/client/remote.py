@@ -14,10 +14,11 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .. import crypto
 from ..blobs import CodecPool
+from ..errors import IntegrityError
 from ..keys import RepoKeys, create_keyfile
 from ..protocol import messages as m
 from ..store import SnapshotRow
@@ -26,6 +27,8 @@ from .transport import Transport
 BATCH_BYTES = 4 * 1024 * 1024
 MAX_IN_FLIGHT = 8
 IDS_PER_REQUEST = 16384
+
+P = TypeVar("P", m.Ids, m.Blobs, m.SnapshotRows)
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,7 @@ class RemoteRepository:
     # ---- blobs ------------------------------------------------------------------------------
 
     def known_blob_ids(self) -> set[bytes]:
-        out: set[bytes] = set()
-        for part in self.transport.stream(m.ListIds()):
-            assert isinstance(part, m.Ids)
-            out.update(part.ids)
-        return out
+        return self._id_set(m.ListIds(), "the list of stored blobs")
 
     def missing(self, blob_ids: Iterable[bytes]) -> set[bytes]:
         ids = list(dict.fromkeys(blob_ids))
@@ -108,19 +107,65 @@ class RemoteRepository:
         self.transport.call(m.Flush())
 
     def read_blobs(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """Stream the stored bytes of these blobs, in the server's order.
+
+        The server is held to exactly what was asked: each request's answer must hold every
+        requested blob once, intact, and nothing else, and its End must count what was sent.
+        Anything else raises IntegrityError as soon as that request's answer has ended (a blob
+        sent twice or unasked for, at once), so a restore that lost blobs never exits 0 with
+        missing files or zero-filled holes. Memory: one set of at most IDS_PER_REQUEST IDs.
+        """
         ids = list(dict.fromkeys(blob_ids))
         for i in range(0, len(ids), IDS_PER_REQUEST):
-            for part in self.transport.stream(m.ReadBlobs(ids[i : i + IDS_PER_REQUEST])):
-                assert isinstance(part, m.Blobs)
-                for bid, _status, data in part.blobs:
-                    yield bid, data
+            yield from self._read_batch(ids[i : i + IDS_PER_REQUEST])
+
+    def _read_batch(self, batch: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        pending = set(batch)
+        answer = _Answer(self.transport, m.ReadBlobs(batch), m.Blobs, "a blob read")
+        for part in answer:
+            for bid, status, data in part.blobs:
+                if bid not in pending:
+                    how = "twice" if bid in batch else "that was not requested"
+                    raise IntegrityError(f"server sent a wrong answer: blob {bid.hex()[:16]} {how}")
+                if status != m.BLOB_INTACT:
+                    raise IntegrityError(f"server reports blob {bid.hex()[:16]} as damaged")
+                pending.discard(bid)
+                yield bid, data
+        if pending:
+            raise IntegrityError(
+                f"server sent an incomplete answer: {len(pending)} of {len(batch)} requested "
+                f"blobs missing, e.g. {min(pending).hex()[:16]}"
+            )
+        answer.check_count()
 
     def iter_all_blobs(self) -> Iterator[tuple[bytes, bool, bytes]]:
-        """Every stored blob as (id, intact, bytes); the server marks checksum failures."""
-        for part in self.transport.stream(m.ReadAll()):
-            assert isinstance(part, m.Blobs)
+        """Every stored blob as (id, intact, bytes); the server marks checksum failures.
+
+        Held to the server's own list of stored blobs (taken first, on this connection): each
+        listed blob must come exactly once, so `check --read-data` cannot be told "all intact"
+        about blobs it never saw. Blobs stored or condemned since that list may come as well.
+        Memory: one dict entry per stored blob (as for the list itself).
+        """
+        seen = dict.fromkeys(self.known_blob_ids(), False)
+        listed = len(seen)
+        answer = _Answer(self.transport, m.ReadAll(), m.Blobs, "the full read")
+        for part in answer:
             for bid, status, data in part.blobs:
+                if seen.get(bid):
+                    raise IntegrityError(
+                        f"server sent a wrong answer: blob {bid.hex()[:16]} twice in the full read"
+                    )
+                if status not in (m.BLOB_INTACT, m.BLOB_DAMAGED):
+                    raise IntegrityError(f"server sent blob {bid.hex()[:16]} with status {status}")
+                seen[bid] = True
                 yield bid, status == m.BLOB_INTACT, data
+        left_out = sum(1 for was_sent in seen.values() if not was_sent)
+        if left_out:
+            raise IntegrityError(
+                f"server sent an incomplete answer: {left_out} of its {listed} stored blobs "
+                "missing from the full read"
+            )
+        answer.check_count()
 
     def storage_problems(self) -> list[str]:
         answer = self.transport.call(m.CheckStorage())
@@ -152,20 +197,37 @@ class RemoteRepository:
         commit.result()
 
     def snapshot_rows(self) -> list[SnapshotRow]:
+        """Every snapshot row; a row listed twice or an End that miscounts is an IntegrityError.
+        (Each record is authenticated with its snapshot ID when opened, so a swapped record is
+        caught there. A snapshot the server leaves out cannot be told from one never made.)"""
         rows: list[SnapshotRow] = []
-        for part in self.transport.stream(m.ListSnapshots()):
-            assert isinstance(part, m.SnapshotRows)
-            rows.extend(
-                SnapshotRow(sid, t, rec, series, bool(prot))
-                for sid, t, rec, series, prot in part.rows
-            )
+        seen: set[str] = set()
+        answer = _Answer(self.transport, m.ListSnapshots(), m.SnapshotRows, "the snapshot list")
+        for part in answer:
+            for row in part.rows:
+                if row[0] in seen:
+                    raise IntegrityError(
+                        f"server sent a wrong answer: snapshot {row[0][:8]} listed twice"
+                    )
+                seen.add(row[0])
+                rows.append(SnapshotRow(*row[:4], bool(row[4]), *row[5:]))
+        answer.check_count()
         return rows
 
     def snapshot_manifest(self, snap_id: str) -> set[bytes]:
+        return self._id_set(m.GetManifest(snap_id), f"the manifest of snapshot {snap_id[:8]}")
+
+    def _id_set(self, request: m.Message, what: str) -> set[bytes]:
+        """A streamed list of IDs (each ID's size is enforced by the codec) as a set; an ID
+        listed twice or an End that miscounts is an IntegrityError."""
         out: set[bytes] = set()
-        for part in self.transport.stream(m.GetManifest(snap_id)):
-            assert isinstance(part, m.Ids)
+        answer = _Answer(self.transport, request, m.Ids, what)
+        for part in answer:
+            before = len(out)
             out.update(part.ids)
+            if len(out) - before != len(part.ids):
+                raise IntegrityError(f"server sent a wrong answer: an ID twice in {what}")
+        answer.check_count()
         return out
 
     def set_protected(self, snap_id: str, protected: bool) -> bool:
@@ -194,6 +256,49 @@ class RemoteRepository:
         with contextlib.suppress(Exception):  # best effort: the connection may be gone
             self.transport.request(m.Bye()).result(2)
         self.transport.close()
+
+
+class _Answer(Generic[P]):
+    """One streamed answer, held to the protocol: every part is of the expected type and the
+    closing End counts exactly the items received (call `check_count` after iterating).
+
+    Iterating stops at End; an Error or a lost connection raises from the transport. A part of
+    another type raises IntegrityError at once (never an assert: the server is not trusted).
+    """
+
+    def __init__(self, transport: Transport, request: m.Message, part: type[P], what: str) -> None:
+        self._stream = transport.stream(request, end=True)
+        self._part: type[P] = part
+        self.what = what
+        self.received = 0
+        self.end_count: int | None = None
+
+    def __iter__(self) -> Iterator[P]:
+        for msg in self._stream:
+            if isinstance(msg, m.End):
+                self.end_count = msg.count
+                return
+            if not isinstance(msg, self._part):
+                raise IntegrityError(
+                    f"server sent a wrong answer: {m.describe(msg)} in {self.what}"
+                )
+            self.received += _items(msg)
+            yield msg
+
+    def check_count(self) -> None:
+        if self.end_count != self.received:
+            raise IntegrityError(
+                f"server sent an inconsistent answer: {self.what} announced {self.end_count} "
+                f"item(s) but held {self.received}"
+            )
+
+
+def _items(part: m.Ids | m.Blobs | m.SnapshotRows) -> int:
+    if isinstance(part, m.Ids):
+        return len(part.ids)
+    if isinstance(part, m.Blobs):
+        return len(part.blobs)
+    return len(part.rows)
 
 
 def new_keyfile(password: bytes, keys: RepoKeys, kdf: crypto.KdfParams) -> bytes:

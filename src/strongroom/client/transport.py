@@ -254,8 +254,11 @@ class Transport:
         except concurrent.futures.TimeoutError:
             raise StrongroomError(f"server {self.address} did not answer in time") from None
 
-    def stream(self, msg: m.Message, timeout: float = REPLY_TIMEOUT) -> Iterator[m.Message]:
-        """Send `msg` and yield the parts of its streamed answer (without the final End)."""
+    def stream(
+        self, msg: m.Message, timeout: float = REPLY_TIMEOUT, *, end: bool = False
+    ) -> Iterator[m.Message]:
+        """Send `msg` and yield the parts of its streamed answer; the final End too if `end`
+        (so the caller can hold the server to the count it announces)."""
         rid = next(self._ids)
         target = _Stream()
         frame = encode_frame(msg, rid)
@@ -269,6 +272,8 @@ class Transport:
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, m.End):
+                    if end:
+                        yield item
                     return
                 yield item
         finally:
