@@ -836,3 +836,60 @@ def test_tiny_descriptor_cache_restores_exactly_and_leaks_nothing(
     assert res.exit_code == 0, res.output
     assert len(os.listdir("/proc/self/fd")) == open_before
     assert tree_state(target / "src") == tree_state(src)
+
+
+# ---- existing folders owned by someone else --------------------------------------------------
+
+FOREIGN_UID = 12345
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root"
+)
+
+
+@needs_root
+@pytest.mark.parametrize("where", ["top", "deep", "target"])
+def test_existing_folder_of_another_user_is_refused_unless_allowed(
+    cli: Cli, sandbox: Sandbox, where: str
+) -> None:
+    """Root restoring over a tree of other users' folders: any of them could swap its folder
+    for a link during the restore, so restore stops unless told that this is expected."""
+    f = Forge(cli)
+    pwned = f.data(b"restored")
+    inner = f.tree([file_node("f.txt", pwned)])
+    root = f.tree([dir_node("home", f.tree([dir_node("bob", inner)])), file_node("g.txt", pwned)])
+    snap_id = f.commit(root)
+    bob = sandbox.target / "home" / "bob"
+    bob.mkdir(parents=True)
+    foreign = {"top": bob.parent, "deep": bob, "target": sandbox.target}[where]
+    os.chown(foreign, FOREIGN_UID, FOREIGN_UID)
+
+    res = restore(cli, sandbox, snap_id)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert f"{foreign} already exists and is owned by another user (uid {FOREIGN_UID})" in lines[0]
+    assert "--allow-foreign-owners" in lines[0]
+    assert os.listdir(bob) == []  # refused while planning: nothing was written
+    assert os.stat(foreign).st_uid == FOREIGN_UID
+
+    res = restore(cli, sandbox, snap_id, "--allow-foreign-owners")
+    assert res.returncode == 0, res.stderr
+    assert (bob / "f.txt").read_bytes() == b"restored"
+    assert (sandbox.target / "g.txt").read_bytes() == b"restored"
+
+
+@needs_root
+def test_existing_folders_of_the_restoring_user_are_fine(cli: Cli, sandbox: Sandbox) -> None:
+    f = Forge(cli)
+    pwned = f.data(b"restored")
+    snap_id = f.commit(f.tree([dir_node("d", f.tree([file_node("f.txt", pwned)]))]))
+    (sandbox.target / "d").mkdir()
+    res = restore(cli, sandbox, snap_id)
+    assert res.returncode == 0, res.stderr
+    assert (sandbox.target / "d" / "f.txt").read_bytes() == b"restored"
+
+
+def test_restore_help_documents_allow_foreign_owners(cli: Cli) -> None:
+    text = cli.run("restore", "--help").stdout
+    assert "--allow-foreign-owners" in text
+    assert "owned by another user" in " ".join(text.split())

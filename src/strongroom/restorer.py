@@ -236,6 +236,7 @@ class Restorer:
         workers: int | None = None,
         note: Callable[[str], None] | None = None,
         use_dir_fds: bool | None = None,
+        allow_foreign_owners: bool = False,
     ) -> None:
         self.repo = repo
         self._warn_cb = warn
@@ -247,6 +248,8 @@ class Restorer:
         # Descriptor-relative operations where the platform has them; full paths otherwise.
         self.uses_dir_fds = DIR_FD_SUPPORTED if use_dir_fds is None else use_dir_fds
         self._fds: _DirFds | None = None
+        self.allow_foreign_owners = allow_foreign_owners
+        self._euid = os.geteuid() if hasattr(os, "geteuid") else None
 
     def restore(
         self, snap: Snapshot, target: str, includes: list[str] | None = None
@@ -277,6 +280,7 @@ class Restorer:
 
     def _prepare_target(self, target: str) -> _Dir:
         base = os.path.abspath(target)
+        existed = os.path.lexists(base)
         try:
             os.makedirs(base, exist_ok=True)
         except OSError as exc:
@@ -288,6 +292,8 @@ class Restorer:
             st = os.lstat(base)
             if not stat.S_ISDIR(st.st_mode):
                 raise StrongroomError(f"target {target} is not a folder")
+            if existed:
+                self._refuse_foreign(base, st)
             return _Dir(base, "", None, 0, (st.st_dev, st.st_ino))
         try:
             fd = os.open(base, _DIR_FLAGS)
@@ -296,6 +302,12 @@ class Restorer:
                 raise StrongroomError(f"target {target} is not a folder") from None
             raise StrongroomError(f"cannot open target folder {target}: {exc.strerror}") from None
         st = os.fstat(fd)
+        if existed:
+            try:
+                self._refuse_foreign(base, st)
+            except StrongroomError:
+                os.close(fd)
+                raise
         root = _Dir(base, "", None, 0, (st.st_dev, st.st_ino))
         self._fds = _DirFds(root, fd, _DIR_FD_CACHE)
         return root
@@ -384,6 +396,7 @@ class Restorer:
                 st = os.lstat(path)
                 if not stat.S_ISDIR(st.st_mode):
                     raise _not_a_folder(path) from None
+                self._refuse_foreign(path, st)
             except OSError as exc:
                 raise StrongroomError(f"cannot create {path}: {exc.strerror}") from None
             return d
@@ -401,10 +414,29 @@ class Restorer:
                 raise _not_a_folder(path) from None
             raise StrongroomError(f"cannot open {path}: {exc.strerror}") from None
         st = os.fstat(fd)
+        if not created:
+            try:
+                self._refuse_foreign(path, st)
+            except StrongroomError:
+                os.close(fd)
+                raise
         d.ident = (st.st_dev, st.st_ino)
         assert self._fds is not None
         self._fds.add(d, fd)
         return d
+
+    def _refuse_foreign(self, path: str, st: os.stat_result) -> None:
+        # The owner of an existing folder can swap what is in it for links while the restore
+        # runs (root restoring into other users' folders). Descriptors keep writes out of those
+        # links, but names are still used for hard links, symlinks and devices: only with
+        # consent. Root's own folders are no risk to anyone.
+        if self._euid is None or self.allow_foreign_owners or st.st_uid in (self._euid, 0):
+            return
+        raise StrongroomError(
+            f"{path} already exists and is owned by another user (uid {st.st_uid}), who could "
+            "swap it for a link during the restore; restore elsewhere, or give "
+            "--allow-foreign-owners to restore into it anyway"
+        )
 
     # ---- contents ----------------------------------------------------------------------------
 

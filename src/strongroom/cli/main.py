@@ -365,8 +365,21 @@ def diff_cmd(where: Where, snapshot1: str, snapshot2: str) -> None:
     multiple=True,
     help="Restore only this snapshot path (repeatable).",
 )
+@click.option(
+    "--allow-foreign-owners",
+    is_flag=True,
+    help="Also restore into existing folders (the target included) owned by another user. "
+    "Without it, restore stops at such a folder, because its owner could swap it for a link "
+    "while the restore runs: this matters when root restores over other users' files.",
+)
 @handle_errors
-def restore(where: Where, snapshot: str, target: str, includes: tuple[str, ...]) -> None:
+def restore(
+    where: Where,
+    snapshot: str,
+    target: str,
+    includes: tuple[str, ...],
+    allow_foreign_owners: bool,
+) -> None:
     """Restore SNAPSHOT (an ID prefix or 'latest') into --target."""
     from ..restorer import Restorer
     from .progress import ProgressBar
@@ -381,6 +394,7 @@ def restore(where: Where, snapshot: str, target: str, includes: tuple[str, ...])
                 warn=lambda m: bar.print(f"warning: {_display(m)}"),
                 progress=bar.advance,
                 note=lambda m: bar.print(f"note: {_display(m)}"),
+                allow_foreign_owners=allow_foreign_owners,
             )
             result = restorer.restore(snap, target, list(includes))
     finally:
