@@ -34,10 +34,15 @@ class Result:
 
 @pytest.fixture(scope="session", autouse=True)
 def _bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Let the many short strongroom processes reuse compiled bytecode (kept out of src/)."""
+    """Let the many short strongroom processes reuse compiled bytecode (kept out of src/).
+
+    Also lowers the client's Argon2id floor for the whole suite (hundreds of logins at 1 MiB,
+    1 pass instead of 64 MiB, 3 passes); the tests of the floor itself remove the variable
+    from the client they run (tests/test_adversarial_login.py)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
         mp.setenv("PYTHONPYCACHEPREFIX", str(tmp_path_factory.getbasetemp() / "pycache"))
+        mp.setenv("STRONGROOM_INSECURE_TEST_KDF", "1")
         yield
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import PASSWORD, Cli, Result, strongroom_exe
 
-KDF_ENV = {"STRONGROOM_KDF_MEMORY_MIB": "1", "STRONGROOM_KDF_ITERATIONS": "1"}
+KDF_ENV = {"STRONGROOM_INSECURE_TEST_KDF": "1"}
 ADMIN_PASSWORD = "set-by-the-admin"
 
 

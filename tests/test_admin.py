@@ -56,8 +56,7 @@ class Admin:
         self.env = {
             **os.environ,
             "STRONGROOM_DATA_DIR": str(self.data),
-            "STRONGROOM_KDF_MEMORY_MIB": "1",
-            "STRONGROOM_KDF_ITERATIONS": "1",
+            "STRONGROOM_INSECURE_TEST_KDF": "1",
             "COLUMNS": "200",
             "NO_COLOR": "1",
         }
@@ -246,7 +245,7 @@ def test_passwd(admin: Admin) -> None:
     # The user's own password change (what the server does) stores their key file.
     keyfile = keys.create_keyfile(b"users-own", keys.RepoKeys.generate(), before.kdf)
     db = UserDB(admin.datadir.users_db)
-    db.set_keyfile(before.id, keyfile)
+    db.set_keyfile(before.id, keyfile, generation=before.generation)
     db.close()
     changed = admin.row("alice")
     assert not changed.must_change_password and changed.keyfile == keyfile.to_json().encode()

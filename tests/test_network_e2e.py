@@ -508,7 +508,11 @@ def test_error_fingerprints(server: Server, alice: NetCli, tmp_path: Path) -> No
     one_line_error(
         res, "not trusted", server.fingerprint, "--fingerprint", "STRONGROOM_FINGERPRINT"
     )
-    assert not (tmp_path / "client-alice" / "config" / "client.json").exists()
+    # The refused connections pinned nothing; the file holds only the account's pins from
+    # the first login (key-derivation cost and key check), no server, user or fingerprint.
+    saved = json.loads((tmp_path / "client-alice" / "config" / "client.json").read_text())
+    assert saved["fingerprints"] == {} and saved["server"] is None and saved["user"] is None
+    assert list(saved["accounts"]) == [f"{server.address}|alice"]
 
 
 @pytest.mark.timeout(120)

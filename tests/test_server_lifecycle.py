@@ -248,7 +248,11 @@ def test_append_only_refuses_every_destructive_request(
 def test_server_policy_applies_to_append_only_users(
     server: Server, alice: NetCli, tmp_path: Path
 ) -> None:
-    server.admin("user", "set", "alice", "--append-only", "--keep-last", "2")
+    # No protection window here: this test is about the policy itself (the window's own
+    # tests are in tests/test_adversarial_commits.py).
+    server.admin(
+        "user", "set", "alice", "--append-only", "--protection-window", "0", "--keep-last", "2"
+    )
     src = tmp_path / "src"
     write(src / "same.txt", b"in every snapshot\n" * 1000)
     snaps = []
@@ -483,9 +487,10 @@ def test_gc_reads_the_open_sessions_after_condemning(tmp_path: Path) -> None:
     condemn them must hold them back; it used to be missed (the sessions were read first)."""
     store = UserStore(tmp_path / "user")
     try:
-        blobs = [(os.urandom(32), 0, os.urandom(1000)) for _ in range(5)]
+        blobs = [(os.urandom(32), 1, os.urandom(1000)) for _ in range(5)]  # trees, as roots
+        root = blobs[0][0]
         store.put(blobs)
-        store.commit("a" * 32, 1, b"record", [b[0] for b in blobs])
+        store.commit("a" * 32, 1, b"record", [b[0] for b in blobs], "", root=root, refs=5)
         store.store.delete_snapshot("a" * 32)
         reports: list[Any] = []
         with store.lock:  # an upload of another session holds the lock
@@ -499,7 +504,7 @@ def test_gc_reads_the_open_sessions_after_condemning(tmp_path: Path) -> None:
         runner.join(30)
         assert not runner.is_alive()
         assert reports[0].deleted_blobs == 0 and reports[0].waiting_blobs == 5
-        store.commit("b" * 32, 2, b"record", known)  # it references them: still there
+        store.commit("b" * 32, 2, b"record", known, "", root=root, refs=5)  # still there
         assert store.store.snapshot_manifest("b" * 32) == known
         # Once that backup has ended, GC frees what is really unreferenced, in one run.
         store.sessions.pop(token)
@@ -690,12 +695,12 @@ def test_blobs_condemned_before_the_backup_are_sent_again(
 def test_a_blob_deleted_by_gc_can_be_stored_again(server: Server, alice: NetCli) -> None:
     """While the user's store stays open, a blob GC deleted is stored again when sent (the
     store once remembered it as "pending" for good, and skipped it: the commit failed)."""
-    blob = (os.urandom(32), 0, os.urandom(1000))
+    blob = (os.urandom(32), 1, os.urandom(1000))  # a tree: it is each snapshot's root
     with connect(server, "alice") as raw:  # one connection: the user's store stays open
         assert raw.call(m.PutBlobs([blob])) == m.Ok(1)
         assert raw.call(m.ManifestPart([blob[0]])) == m.Ok(1)
         snap = "1" * 32
-        assert raw.call(m.Commit(snap, 1, b"record")) == m.Ok()
+        assert raw.call(m.Commit(snap, time.time_ns(), b"record", "", blob[0])) == m.Ok()
         assert raw.call(m.DeleteSnapshot(snap)) == m.Ok(1)
         report = raw.call(m.Prune(0))
         assert isinstance(report, m.Json) and json.loads(report.text)["deleted_blobs"] == 1
@@ -703,4 +708,4 @@ def test_a_blob_deleted_by_gc_can_be_stored_again(server: Server, alice: NetCli)
         assert raw.call(m.Have([blob[0]])) == m.Ids([blob[0]])
         assert raw.call(m.PutBlobs([blob])) == m.Ok(1)
         assert raw.call(m.ManifestPart([blob[0]])) == m.Ok(1)
-        assert raw.call(m.Commit("2" * 32, 2, b"record")) == m.Ok()
+        assert raw.call(m.Commit("2" * 32, time.time_ns(), b"record", "", blob[0])) == m.Ok()

@@ -313,6 +313,7 @@ class Archiver:
             seal_snapshot(self.repo.keys.aead(), snap),
             manifest,
             series_of(self.repo.keys.hasher(), snap.host, snap.paths),
+            root=root.tree_id,
         )
         if self.cache is not None:
             try:

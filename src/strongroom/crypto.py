@@ -43,6 +43,25 @@ class KdfParams:
             raise IntegrityError("key file has an invalid Argon2 memory cost")
 
 
+# Tests only: the suite runs hundreds of logins, so it sets this to derive at 1 MiB / 1 pass.
+# Only the client's own environment can lower its floor; nothing a server sends can.
+INSECURE_TEST_KDF_ENV = "STRONGROOM_INSECURE_TEST_KDF"
+
+
+def kdf_floor() -> KdfParams:
+    """The weakest Argon2id cost a client derives with for a server, and the cost it wraps its
+    own key files with: the design's 64 MiB, 3 passes (docs/SECURITY.md)."""
+    if os.environ.get(INSECURE_TEST_KDF_ENV) == "1":
+        return KdfParams(memory_kib=1024, iterations=1)
+    return KdfParams()
+
+
+def weaker_than(params: KdfParams, floor: KdfParams) -> bool:
+    """True if `params` costs less memory or fewer passes than `floor` (lanes are parallelism
+    for the defender's CPU, not cost for a guesser)."""
+    return params.memory_kib < floor.memory_kib or params.iterations < floor.iterations
+
+
 SALT_MIN = 8  # Argon2's own minimum
 SALT_MAX = 64
 

@@ -45,6 +45,11 @@ class RepoKeys:
             chunker_seed=secrets.randbits(63),
         )
 
+    def check_value(self) -> str:
+        """A keyed hash of these keys (hex), pinned by the client at first use: a later login
+        that unlocks other keys (planted by whoever controls the server) is refused."""
+        return crypto.hkdf(self.data_key + self.id_key, b"strongroom v1 key check")[:16].hex()
+
     def to_bytes(self) -> bytes:
         return json.dumps(
             {

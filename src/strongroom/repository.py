@@ -37,6 +37,8 @@ class Repository(Protocol):
         record: bytes,
         manifest: Iterable[bytes],
         series: str = "",
+        *,
+        root: bytes | None = None,
     ) -> None: ...
     def snapshot_rows(self) -> list[SnapshotRow]: ...
     def snapshot_manifest(self, snap_id: str) -> set[bytes]: ...
@@ -121,8 +123,10 @@ class LocalRepository:
         record: bytes,
         manifest: Iterable[bytes],
         series: str = "",
+        *,
+        root: bytes | None = None,
     ) -> None:
-        self.store.commit_snapshot(snap_id, time_ns, record, manifest, series)
+        self.store.commit_snapshot(snap_id, time_ns, record, manifest, series, root=root)
 
     def set_protected(self, snap_id: str, protected: bool) -> bool:
         return self.store.set_protected(snap_id, protected)

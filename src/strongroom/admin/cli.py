@@ -24,11 +24,15 @@ from ..errors import EXIT_ERROR, StrongroomError, UsageError
 from ..retention import Policy
 from ..server.accounts import add_user, login_material
 from ..server.config import DEFAULT_DATA_DIR, default_kdf
+from ..server.control import end_sessions_now
 from ..server.datadir import DataDir
 from ..server.userdb import (
+    DEFAULT_PROTECT_WINDOW_S,
     User,
     UserDB,
+    format_window,
     parse_quota,
+    parse_window,
     validate_directory,
     validate_username,
 )
@@ -103,6 +107,12 @@ def user() -> None:
 @click.option("--directory", "-d", default="", help="The folder on the user's computer to back up.")
 @click.option("--quota", metavar="SIZE", help="Storage limit, e.g. 50G or 1.5T (binary units).")
 @click.option("--append-only", is_flag=True, help="The user may add backups but never remove any.")
+@click.option(
+    "--protection-window",
+    metavar="DURATION",
+    help="Append-only: the server's policy never removes a snapshot received within this "
+    f"long, e.g. 14d (default {format_window(DEFAULT_PROTECT_WINDOW_S)}).",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @pass_admin
 def user_add(
@@ -111,12 +121,18 @@ def user_add(
     directory: str,
     quota: str | None,
     append_only: bool,
+    protection_window: str | None,
     password_stdin: bool,
 ) -> None:
     """Add user NAME with a first password they must change at their first login."""
     validate_username(name)
     validate_directory(directory)
     limit = parse_quota(quota) if quota is not None else None
+    window = (
+        parse_window(protection_window)
+        if protection_window is not None
+        else DEFAULT_PROTECT_WINDOW_S
+    )
     taken = admin.db.get(name)  # user names are case-insensitive
     if taken is not None:
         raise UsageError(f"user {taken.name} already exists")
@@ -131,6 +147,7 @@ def user_add(
         kdf=kdf,
         quota=limit,
         append_only=append_only,
+        protect_window_s=window,
     )
     click.echo(menu.added_message(new))
 
@@ -175,6 +192,8 @@ def user_passwd(admin: Admin, name: str, password_stdin: bool) -> None:
     password = read_new_password(target.name, password_stdin)
     salt, auth_hash = login_material(password, kdf)
     admin.db.set_login(target.id, salt=salt, kdf=kdf, auth_hash=auth_hash, must_change=True)
+    # Whoever held the old password (perhaps a thief) is cut off now, not at their next request.
+    end_sessions_now(admin.datadir.root, target.id, "the admin reset this account's password")
     click.echo(
         f"password of {target.name} reset; they must choose a new password at their next login"
     )
@@ -194,6 +213,12 @@ def user_passwd(admin: Admin, name: str, password_stdin: bool) -> None:
     default=None,
     help="Allow adding backups only / allow removing them again.",
 )
+@click.option(
+    "--protection-window",
+    metavar="DURATION",
+    help="Append-only: the server's policy never removes a snapshot received within this "
+    "long, e.g. 14d or 0 (off).",
+)
 @policy_options
 @click.option("--no-policy", is_flag=True, help="Use the server's default policy again.")
 @pass_admin
@@ -204,6 +229,7 @@ def user_set(
     directory: str | None,
     quota: str | None,
     append_only: bool | None,
+    protection_window: str | None,
     no_policy: bool,
     **keep: Any,
 ) -> None:
@@ -216,18 +242,24 @@ def user_set(
         new_policy = None
     elif not policy.is_empty():
         new_policy = json.dumps(policy.to_json())
-    if directory is None and quota is None and append_only is None and new_policy == "unset":
+    window = parse_window(protection_window) if protection_window is not None else None
+    nothing = (directory, quota, append_only, window) == (None, None, None, None)
+    if nothing and new_policy == "unset":
         raise UsageError(
-            "nothing to change: give --directory, --quota, --(no-)append-only or --keep-*"
+            "nothing to change: give --directory, --quota, --(no-)append-only, "
+            "--protection-window or --keep-*"
         )
-    admin.existing(name)
+    before = admin.existing(name)
     changed = admin.db.update(
         name,
         directory=directory,
         quota=parse_quota(quota) if quota is not None else "unset",
         append_only=append_only,
         policy=new_policy,
+        protect_window_s=window,
     )
+    if changed.generation != before.generation:  # the append-only flag changed
+        end_sessions_now(admin.datadir.root, changed.id, "the admin changed this account")
     quota_text = fmt.size(changed.quota) if changed.quota is not None else "none"
     policy_text = (
         Policy.from_json(json.loads(changed.policy)).describe()
@@ -236,8 +268,9 @@ def user_set(
     )
     click.echo(
         f"user {changed.name}: folder {changed.directory or 'none recorded'}, "
-        f"quota {quota_text}, append-only {'yes' if changed.append_only else 'no'}, "
-        f"policy {policy_text}"
+        f"quota {quota_text}, append-only "
+        f"{'yes' if changed.append_only else 'no'} (protection window "
+        f"{format_window(changed.protect_window_s)}), policy {policy_text}"
     )
 
 
@@ -271,6 +304,8 @@ def user_json(u: User) -> dict[str, Any]:
         "directory": u.directory,
         "quota": u.quota,
         "append_only": u.append_only,
+        "protection_window": format_window(u.protect_window_s),
+        "protection_window_s": u.protect_window_s,
         "must_change_password": u.must_change_password,
         "has_keys": u.keyfile is not None,
         "storage_id": u.storage_id,

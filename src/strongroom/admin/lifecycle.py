@@ -72,7 +72,7 @@ def _collect(admin: Admin, name: str | None, op: str, dry_run: bool) -> dict[str
         store = UserStore(path)  # no server running: the writer lock keeps backups out
         try:
             policy = policy_for(admin.db, user) if op == "forget" else None
-            removed = retain(store, policy, dry_run)
+            removed = retain(store, user, policy, dry_run)
             results[user.name] = {
                 "ok": True,
                 "removed": removed,

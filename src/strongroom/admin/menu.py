@@ -4,7 +4,6 @@ and the views and messages it shares with the commands in admin/cli.py."""
 from __future__ import annotations
 
 import getpass
-import shutil
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -12,8 +11,17 @@ from ..cli import format as fmt
 from ..errors import StrongroomError, UsageError
 from ..server.accounts import add_user
 from ..server.config import default_kdf
+from ..server.control import end_sessions_now
 from ..server.datadir import DataDir
-from ..server.userdb import User, UserDB, parse_quota, validate_directory, validate_username
+from ..server.purge import finish_purges
+from ..server.userdb import (
+    User,
+    UserDB,
+    format_window,
+    parse_quota,
+    validate_directory,
+    validate_username,
+)
 
 T = TypeVar("T")
 
@@ -144,9 +152,12 @@ def confirm(question: str) -> bool:
 def delete_user(datadir: DataDir, db: UserDB, name: str, *, purge: bool) -> str:
     """Delete the user's row (and with `purge`, their storage); returns what to tell the admin."""
 
-    user = db.delete(name)
+    user = db.delete(name, purge=purge)
     if user is None:
         raise UsageError(f"no user {name}")
+    # A running server ends the user's sessions now and closes their storage before any of
+    # it is removed; the purge queue finishes the removal even after a crash (server/purge.py).
+    end_sessions_now(datadir.root, user.id, "this account was deleted")
     path = datadir.storage_path(user.storage_id)
     if not purge:
         if path.exists():
@@ -155,8 +166,7 @@ def delete_user(datadir: DataDir, db: UserDB, name: str, *, purge: bool) -> str:
                 "(delete that folder to free the space)"
             )
         return f"user {user.name} deleted"
-    if path.exists():
-        shutil.rmtree(path)
+    finish_purges(datadir, db)
     return f"user {user.name} deleted, with their stored backups"
 
 
@@ -165,7 +175,7 @@ def added_message(user: User) -> str:
     if user.quota is not None:
         details.append(f"quota: {fmt.size(user.quota)}")
     if user.append_only:
-        details.append("append-only")
+        details.append(f"append-only, protection window {format_window(user.protect_window_s)}")
     return (
         f"user {user.name} added ({', '.join(details)}); "
         "they must choose a new password at first login"
@@ -192,7 +202,7 @@ def show_users(users: list[User]) -> None:
             Text(u.name),
             Text(u.directory or "-"),
             Text(fmt.size(u.quota) if u.quota is not None else "none"),
-            Text("yes" if u.append_only else "no"),
+            Text(f"yes ({format_window(u.protect_window_s)})" if u.append_only else "no"),
             Text("yes" if u.must_change_password else "no"),
             Text(fmt.local_time(u.created_ns)),
             Text(last_backup(u)),

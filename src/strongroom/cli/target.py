@@ -147,13 +147,16 @@ def connect(
     new_password: Callable[[], bytes] | None = None,
     old_password: Callable[[], bytes] | None = None,
     remember: bool | None = None,
+    accept_new_keys: bool = False,
 ) -> RemoteRepository:
     """Log in to the server named by the options, the environment or the saved config.
 
     With nothing configured it asks for server and user on a terminal, as the original client
     did, and offers to remember them. `remember=True` saves without asking (`login`).
+    The account's pins (key-derivation cost, key check) are always kept in the config;
+    `accept_new_keys` forgets them first, for an account the admin recreated on purpose.
     """
-    from ..client.config import ClientConfig
+    from ..client.config import AccountPin, ClientConfig, account_key
     from ..client.login import Target, login, open_connection
     from ..client.transport import format_address, parse_address
 
@@ -185,17 +188,30 @@ def connect(
         new_password = new_password_prompt
     if old_password is None and sys.stdin.isatty():
         old_password = old_password_prompt
+    pin_key = account_key(key, user)
+    known = None if accept_new_keys else cfg.accounts.get(pin_key)
+    pin = AccountPin(**vars(known)) if known is not None else AccountPin()
     transport = open_connection(Target(server, user, pinned, where.ca_file), trust)
     try:
         repo = login(
-            transport, user, password, new_password=new_password, old_password=old_password
+            transport,
+            user,
+            password,
+            pin=pin,
+            new_password=new_password,
+            old_password=old_password,
         )
     except BaseException:
         transport.close()
         raise
+    pins_changed = pin != known
+    if pins_changed:
+        cfg.accounts[pin_key] = pin
     save = remember
     if save is None and asked:
         save = _confirm(f"Remember server {key} and user {user} for next time?", default=True)
+    if pins_changed and not (save or trusted or (where.fingerprint and remember)):
+        cfg.save()
     if save or trusted or (where.fingerprint and remember):
         if save:
             cfg.server, cfg.user = key, user

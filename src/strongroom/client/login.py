@@ -15,6 +15,7 @@ from ..errors import IntegrityError, StrongroomError, WrongPasswordError
 from ..fingerprint import normalize_fingerprint
 from ..keys import KeyFile, RepoKeys, unlock, unwrap
 from ..protocol import messages as m
+from .config import AccountPin
 from .remote import Account, RemoteRepository, new_keyfile
 from .transport import FingerprintMismatch, Transport, parse_address
 
@@ -74,26 +75,33 @@ def login(
     user: str,
     password: bytes,
     *,
+    pin: AccountPin | None = None,
     new_password: PasswordSource | None = None,
     old_password: PasswordSource | None = None,
 ) -> RemoteRepository:
     """Log in and unlock the keys. A password set by the admin is replaced first, which needs
-    `new_password` (and `old_password` when existing backups are locked with an earlier one)."""
+    `new_password` (and `old_password` when existing backups are locked with an earlier one).
+
+    `pin` is what this computer remembers of the account (client.json); it is checked before
+    anything derived from the password is sent, and updated in place after a good login."""
+    pin = pin if pin is not None else AccountPin()
     params = transport.call(m.AuthParamsRequest(user), 30)
     assert isinstance(params, m.AuthParams)
     kdf = crypto.KdfParams(params.memory_kib, params.iterations, params.lanes)
+    check_kdf(kdf, pin, transport.address)
     try:
         pk = crypto.split_master(crypto.derive_master(password, params.salt, kdf))
     except IntegrityError:
         raise StrongroomError(f"server {transport.address} sent invalid login parameters") from None
     answer = transport.call(m.Login(user, pk.auth_key), 60)
     assert isinstance(answer, m.LoginOk)
+    wrap_kdf = _strongest(kdf, pin)
     account = Account(
         user=user,
         directory=answer.directory,
         repo_id=answer.repo_id,
         append_only=bool(answer.flags & m.LOGIN_APPEND_ONLY),
-        kdf=kdf,
+        kdf=wrap_kdf,
     )
     keyfile = KeyFile.from_json(answer.keyfile) if answer.keyfile else None
     if answer.flags & m.LOGIN_MUST_CHANGE_PASSWORD:
@@ -102,34 +110,118 @@ def login(
                 "your password was set by the admin: choose your own first with "
                 "'strongroom passwd' (the admin must not be able to read your backups)"
             )
-        keys = _keys_for_change(keyfile, pk, old_password)
+        keys = _keys_for_change(keyfile, pk, old_password, pin, transport.address)
+        _check_keys(keys, pin, transport.address)
         fresh = new_password()
-        transport.call(m.SetKeyFile(new_keyfile(fresh, keys, kdf)), 60)
-        return RemoteRepository(transport, keys, account)
-    if keyfile is None:
-        raise StrongroomError("the server holds no keys for this account; ask the admin")
-    if keyfile.salt == params.salt and keyfile.kdf == kdf:
-        keys = unwrap(keyfile, pk.kek)
+        transport.call(m.SetKeyFile(new_keyfile(fresh, keys, wrap_kdf)), 60)
     else:
-        keys = unlock(keyfile, password)
+        if keyfile is None:
+            raise StrongroomError("the server holds no keys for this account; ask the admin")
+        if keyfile.salt == params.salt and keyfile.kdf == kdf:
+            keys = unwrap(keyfile, pk.kek)
+        else:
+            check_kdf(keyfile.kdf, pin, transport.address)
+            keys = unlock(keyfile, password)
+        _check_keys(keys, pin, transport.address)
+    pin.memory_kib = max(pin.memory_kib, kdf.memory_kib)
+    pin.iterations = max(pin.iterations, kdf.iterations)
+    pin.key_check = keys.check_value()
     return RemoteRepository(transport, keys, account)
 
 
+class UnsafeServer(StrongroomError):
+    """The server asked for something only an attacker would: refused before any harm."""
+
+
+def check_kdf(kdf: crypto.KdfParams, pin: AccountPin, address: str) -> None:
+    """Refuse, before deriving or sending anything, a cost below the floor or below what this
+    account used before: a cheap Argon2id makes the auth key cheap to brute-force offline."""
+    floor = crypto.kdf_floor()
+    if crypto.weaker_than(kdf, floor):
+        raise UnsafeServer(
+            f"server {address} asks for weak password hashing (Argon2id {_cost(kdf)}; the "
+            f"minimum is {_cost(floor)}). Nothing derived from your password was sent. A "
+            "server that does this may be trying to guess your password; ask the admin (an "
+            "account made with weak settings needs a password reset by a current "
+            "strongroom-admin)"
+        )
+    remembered = crypto.KdfParams(max(pin.memory_kib, 8), max(pin.iterations, 1), kdf.lanes)
+    if pin.memory_kib and crypto.weaker_than(kdf, remembered):
+        raise UnsafeServer(
+            f"server {address} asks for weaker password hashing than at your last login "
+            f"(Argon2id {_cost(kdf)}, was {_cost(remembered)}). Nothing derived from your "
+            "password was sent. If the admin recreated your account, run "
+            "'strongroom login --accept-new-keys'"
+        )
+
+
+def _strongest(kdf: crypto.KdfParams, pin: AccountPin) -> crypto.KdfParams:
+    """The cost this client wraps key files with: its own floor, never less than the server's
+    current cost or the strongest this account has used."""
+    floor = crypto.kdf_floor()
+    return crypto.KdfParams(
+        memory_kib=max(floor.memory_kib, kdf.memory_kib, pin.memory_kib),
+        iterations=max(floor.iterations, kdf.iterations, pin.iterations),
+        lanes=floor.lanes,
+    )
+
+
+def _cost(kdf: crypto.KdfParams) -> str:
+    memory = (
+        f"{kdf.memory_kib // 1024} MiB" if kdf.memory_kib % 1024 == 0 else f"{kdf.memory_kib} KiB"
+    )
+    return f"{memory}, {kdf.iterations} pass{'es' if kdf.iterations != 1 else ''}"
+
+
+def _check_keys(keys: RepoKeys, pin: AccountPin, address: str) -> None:
+    if pin.key_check is not None and not crypto.constant_time_equal(
+        pin.key_check.encode(), keys.check_value().encode()
+    ):
+        raise UnsafeServer(
+            f"WARNING: server {address} unlocked DIFFERENT KEYS for this account than before. "
+            "Someone with access to the server may have replaced them to read your future "
+            "backups. Nothing was sent. If the admin recreated your account on purpose, run "
+            "'strongroom login --accept-new-keys'"
+        )
+
+
 def _keys_for_change(
-    keyfile: KeyFile | None, pk: crypto.PasswordKeys, old_password: PasswordSource | None
+    keyfile: KeyFile | None,
+    pk: crypto.PasswordKeys,
+    old_password: PasswordSource | None,
+    pin: AccountPin,
+    address: str,
 ) -> RepoKeys:
-    """Keys to wrap under the user's new password: new ones for a new account, else the old."""
+    """Keys to wrap under the user's new password: new ones for a new account, else the old
+    ones, opened with the user's previous password and never with the admin's."""
     if keyfile is None:
+        if pin.key_check is not None:
+            raise UnsafeServer(
+                f"WARNING: server {address} holds no keys for this account, but this computer "
+                "has used its keys before: whoever controls the server removed them. Nothing "
+                "was changed. If the admin recreated your account on purpose, run "
+                "'strongroom login --accept-new-keys'"
+            )
         return RepoKeys.generate()
     try:
-        return unwrap(keyfile, pk.kek)
+        unwrap(keyfile, pk.kek)
     except WrongPasswordError:
         pass
+    else:
+        # No legitimate flow wraps keys under a password the admin chose: these were planted
+        # by someone who knows that password, to read everything backed up from now on.
+        raise UnsafeServer(
+            f"WARNING: the keys server {address} holds for this account open with the "
+            "password the admin set. Someone with access to the server planted keys they "
+            "know, to read your future backups. Nothing was changed; tell your admin and do "
+            "not back up to this server until it is explained"
+        )
     if old_password is None:
         raise PasswordChangeRequired(
             "the admin reset your password, but your backups are locked with your previous one: "
             "run 'strongroom passwd' on a terminal (or with --old-password-file) to unlock them"
         )
+    check_kdf(keyfile.kdf, pin, address)
     try:
         return unlock(keyfile, old_password())
     except WrongPasswordError:

@@ -184,14 +184,18 @@ class RemoteRepository:
         record: bytes,
         manifest: Iterable[bytes],
         series: str = "",
+        *,
+        root: bytes | None = None,
     ) -> None:
+        if root is None:
+            raise ValueError("a server commit names its root tree")
         self.flush()
         ids = list(set(manifest))
         parts = [
             self.transport.request(m.ManifestPart(ids[i : i + 65536]))
             for i in range(0, len(ids), 65536)
         ]
-        commit = self.transport.request(m.Commit(snap_id, time_ns, record, series))
+        commit = self.transport.request(m.Commit(snap_id, time_ns, record, series, root))
         for fut in parts:
             fut.result()
         commit.result()

@@ -27,7 +27,7 @@ from .codec import (
 )
 
 MAGIC = b"STRONGRM"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 NAME_LIMIT = 256
 PATH_LIMIT = 64 * 1024
@@ -50,6 +50,8 @@ class ErrorCode:
     TIMEOUT = 13
     ACCOUNT_GONE = 14
     DAMAGED = 15
+    RATE_LIMITED = 16  # too many commits, snapshots or failed logins: retry later
+    SESSION_ENDED = 17  # the account's password, keys or append-only flag changed: log in again
 
 
 class Message:
@@ -157,11 +159,13 @@ class Commit(Message):
         ("time_ns", U64),
         ("record", BYTES),
         ("series", text(NAME_LIMIT)),
+        ("root", ID),
     )
     snap_id: str
     time_ns: int
     record: bytes
-    series: str = ""  # keyed hash of host + paths: groups snapshots for retention
+    series: str  # keyed hash of host + paths: groups snapshots for retention
+    root: bytes  # the root tree's ID: must be a stored tree in the manifest
 
 
 @dataclass(frozen=True)
@@ -300,8 +304,11 @@ class Blobs(Message):
 @dataclass(frozen=True)
 class SnapshotRows(Message):
     TYPE = 70
-    FIELDS = (("rows", list_of(tuple_of(text(NAME_LIMIT), U64, BYTES, text(NAME_LIMIT), U8), 21)),)
-    rows: list[tuple[str, int, bytes, str, int]]  # id, time, record, series, protected
+    FIELDS = (
+        ("rows", list_of(tuple_of(text(NAME_LIMIT), U64, BYTES, text(NAME_LIMIT), U8, U64), 29)),
+    )
+    # id, client's time, record, series, protected, time the server received it
+    rows: list[tuple[str, int, bytes, str, int, int]]
 
 
 @dataclass(frozen=True)

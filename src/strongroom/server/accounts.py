@@ -15,7 +15,7 @@ from ..crypto import KdfParams
 from ..errors import RepositoryError
 from ..store import PackStore
 from .datadir import DataDir
-from .userdb import User, UserDB
+from .userdb import DEFAULT_PROTECT_WINDOW_S, User, UserDB
 
 
 def login_material(password: bytes, kdf: KdfParams) -> tuple[bytes, bytes]:
@@ -47,6 +47,7 @@ def add_user(
     kdf: KdfParams,
     quota: int | None = None,
     append_only: bool = False,
+    protect_window_s: int = DEFAULT_PROTECT_WINDOW_S,
 ) -> User:
     """Add the user and create their storage; if the storage cannot be made, the row goes too."""
     salt, auth_hash = login_material(password, kdf)
@@ -58,6 +59,7 @@ def add_user(
         auth_hash=auth_hash,
         quota=quota,
         append_only=append_only,
+        protect_window_s=protect_window_s,
     )
     try:
         create_storage(datadir, user)

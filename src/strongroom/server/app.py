@@ -17,15 +17,18 @@ from ..retention import Policy
 from .config import ServerConfig
 from .control import serve_control
 from .datadir import DataDir
+from .limits import CommitRate, ConnectionLimits, Slot
 from .policy import policy_for
 from .session import Session
 from .stores import StoreRegistry
-from .throttle import FailureThrottle
+from .throttle import FailureThrottle, address_group
 from .userdb import User, UserDB
 
 log = logging.getLogger("strongroom.server")
 
 STREAM_BUFFER = 8 * 1024 * 1024  # read ahead while the previous request is being stored
+REFUSAL_HANDSHAKES = 16  # refused connections told "busy" over TLS at once; others just closed
+REFUSAL_TIMEOUT = 5.0
 
 
 @dataclass
@@ -38,9 +41,32 @@ class ServerContext:
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
     version: str = __version__
     connections: set[asyncio.Task[None]] = field(default_factory=set)
+    # Logged-in sessions by user ID, so an account change can end them at once.
+    sessions: dict[int, set[Session]] = field(default_factory=dict)
+    limits: ConnectionLimits = field(init=False)
+    commits: CommitRate = field(init=False)
+    refusing: int = 0
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.limits = ConnectionLimits(
+            cfg.max_connections, cfg.max_unauthenticated_per_address, cfg.max_connections_per_user
+        )
+        self.commits = CommitRate(cfg.max_commits_per_hour)
 
     def policy_for(self, user: User) -> Policy | None:
         return policy_for(self.userdb, user)
+
+    async def end_sessions(
+        self, user_id: int, reason: str, *, keep: Session | None = None, wait: float = 10.0
+    ) -> int:
+        """End every session of the user but `keep` (on the loop's thread) and wait, at most
+        `wait` seconds, until they have let go of the user's storage."""
+        ending = [s for s in self.sessions.get(user_id, set()) if s is not keep]
+        tasks = [t for t in (s.end(reason) for s in ending) if t is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait)
+        return len(ending)
 
 
 async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = None) -> None:
@@ -53,18 +79,18 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(ctx.connections) >= ctx.config.max_connections:
-            log.warning("refused %s: too many connections", writer.get_extra_info("peername"))
-            with contextlib.suppress(OSError, ConnectionError, RuntimeError):
-                writer.write(
-                    encode_frame(m.Error(m.ErrorCode.BUSY, "server is busy, retry later"), 0)
-                )
-                await asyncio.wait_for(writer.drain(), 2)
-                writer.close()
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else str(peer)
+        # The slot is taken before the TLS handshake, so handshakes in progress count too.
+        slot = ctx.limits.open(address_group(host))
+        if not isinstance(slot, Slot):
+            log.warning("refused %s: %s", host, slot)
+            await _refuse(ctx, writer, tls, slot)
             return
         ctx.connections.add(task)
         try:
-            await Session(ctx, reader, writer).run()
+            if await _handshake(ctx, writer, tls):
+                await Session(ctx, reader, writer, slot).run()
         except asyncio.CancelledError:
             # The server is stopping. Ending normally matters: on Python 3.11 a cancelled
             # connection task makes asyncio log "Unhandled exception" with a traceback.
@@ -72,14 +98,13 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
         except Exception:  # a bug in one session must never take the server down
             log.exception("session failed")
         finally:
+            ctx.limits.close(slot)
             ctx.connections.discard(task)
 
     server = await asyncio.start_server(
         on_connect,
         host=ctx.config.host,
         port=ctx.config.port,
-        ssl=tls,
-        ssl_handshake_timeout=min(ctx.config.login_timeout, 30.0),
         limit=STREAM_BUFFER,
         reuse_address=True,
     )
@@ -101,6 +126,39 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
             await asyncio.wait(list(ctx.connections), timeout=10)
     ctx.stores.close_all()
     ctx.userdb.close()
+
+
+async def _handshake(ctx: ServerContext, writer: asyncio.StreamWriter, tls: ssl.SSLContext) -> bool:
+    try:
+        await writer.start_tls(tls, ssl_handshake_timeout=min(ctx.config.login_timeout, 30.0))
+    except (OSError, ConnectionError, ssl.SSLError, TimeoutError) as exc:
+        peer = writer.get_extra_info("peername")
+        log.info("%s: TLS handshake failed (%s)", peer[0] if peer else "?", type(exc).__name__)
+        writer.transport.abort()
+        return False
+    return True
+
+
+async def _refuse(
+    ctx: ServerContext, writer: asyncio.StreamWriter, tls: ssl.SSLContext, reason: str
+) -> None:
+    """Tell a refused client why, over TLS (it expects nothing else), with a short timeout and
+    a few at a time; past that, just close: a flood earns no handshakes."""
+    if ctx.refusing >= REFUSAL_HANDSHAKES:
+        writer.transport.abort()
+        return
+    ctx.refusing += 1
+    try:
+        quiet = (OSError, ConnectionError, RuntimeError, TimeoutError, ssl.SSLError)
+        with contextlib.suppress(*quiet):
+            await writer.start_tls(tls, ssl_handshake_timeout=REFUSAL_TIMEOUT)
+            writer.write(encode_frame(m.Error(m.ErrorCode.BUSY, reason), 0))
+            await asyncio.wait_for(writer.drain(), REFUSAL_TIMEOUT)
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), REFUSAL_TIMEOUT)
+        writer.transport.abort()
+    finally:
+        ctx.refusing -= 1
 
 
 def setup_logging(config: ServerConfig) -> None:

@@ -14,6 +14,7 @@ from hashlib import sha256
 
 from ..crypto import KdfParams, constant_time_equal
 from ..keys import auth_hash
+from ..names import fold_name
 from .config import default_kdf
 from .userdb import User
 
@@ -27,7 +28,9 @@ class SaltAnswer:
 
 
 def fake_salt(secret: bytes, name: str) -> bytes:
-    return hmac.new(secret, b"strongroom fake salt\0" + name.encode("utf-8"), sha256).digest()[:16]
+    """Folded first: 'BOB' and 'bob' must get one answer whether or not bob exists."""
+    folded = fold_name(name).encode("utf-8")
+    return hmac.new(secret, b"strongroom fake salt\0" + folded, sha256).digest()[:16]
 
 
 def salt_for(user: User | None, name: str, secret: bytes) -> SaltAnswer:

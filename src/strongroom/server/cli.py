@@ -43,6 +43,7 @@ def main(config_file: str | None, **flags: Any) -> None:
     """Serve encrypted backups to strongroom clients over TLS."""
     from .app import ServerContext, serve, setup_logging
     from .datadir import DataDir
+    from .purge import finish_purges
     from .stores import StoreRegistry
     from .tls import certificate_fingerprint, ensure_certificate, server_ssl_context
     from .userdb import UserDB
@@ -58,10 +59,12 @@ def main(config_file: str | None, **flags: Any) -> None:
         cert, key = config.tls_cert, config.tls_key
     tls = server_ssl_context(cert, key)
     fingerprint = certificate_fingerprint(cert)
+    userdb = UserDB(datadir.users_db)
+    finish_purges(datadir, userdb)  # a `user delete --purge-data` a crash interrupted
     ctx = ServerContext(
         config=config,
         datadir=datadir,
-        userdb=UserDB(datadir.users_db),
+        userdb=userdb,
         secret=datadir.server_secret(),
         stores=StoreRegistry(datadir.storage_root),
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..crypto import KdfParams
+from ..crypto import KdfParams, kdf_floor
 from ..errors import UsageError
 
 DEFAULT_PORT = 44000
@@ -16,22 +16,9 @@ DEFAULT_DATA_DIR = "./strongroom-data"
 
 
 def default_kdf() -> KdfParams:
-    """Argon2id cost for new passwords and for the fake salts of unknown users.
-
-    STRONGROOM_KDF_MEMORY_MIB / STRONGROOM_KDF_ITERATIONS lower it for tests only; the default
-    (64 MiB, 3 passes) is what docs/SECURITY.md describes.
-    """
-    try:
-        memory_mib = int(os.environ.get("STRONGROOM_KDF_MEMORY_MIB", "64"))
-        iterations = int(os.environ.get("STRONGROOM_KDF_ITERATIONS", "3"))
-    except ValueError:
-        raise UsageError("STRONGROOM_KDF_MEMORY_MIB and _ITERATIONS must be integers") from None
-    params = KdfParams(memory_kib=memory_mib * 1024, iterations=iterations)
-    try:
-        params.validate()
-    except Exception:
-        raise UsageError("STRONGROOM_KDF_MEMORY_MIB or _ITERATIONS is out of range") from None
-    return params
+    """Argon2id cost for admin-set passwords and for the fake salts of unknown users: the
+    client's floor (crypto.kdf_floor), which real clients refuse to go below anyway."""
+    return kdf_floor()
 
 
 @dataclass
@@ -45,6 +32,14 @@ class ServerConfig:
     idle_timeout: float = 300.0  # seconds without a complete frame
     login_timeout: float = 30.0  # from TCP accept to a successful login
     log_file: Path | None = None
+    # Hostile clients: connections not logged in yet per address (IPv6: per /64), connections
+    # per account, commits per account per hour, snapshots per account, and how far ahead of
+    # the server's clock a snapshot's own time may be.
+    max_unauthenticated_per_address: int = 8
+    max_connections_per_user: int = 16
+    max_commits_per_hour: int = 120
+    max_snapshots: int = 10_000
+    max_clock_skew: float = 3600.0
 
 
 _ENV = {
@@ -57,7 +52,21 @@ _ENV = {
     "idle_timeout": "STRONGROOM_IDLE_TIMEOUT",
     "login_timeout": "STRONGROOM_LOGIN_TIMEOUT",
     "log_file": "STRONGROOM_LOG_FILE",
+    "max_unauthenticated_per_address": "STRONGROOM_MAX_UNAUTHENTICATED_PER_ADDRESS",
+    "max_connections_per_user": "STRONGROOM_MAX_CONNECTIONS_PER_USER",
+    "max_commits_per_hour": "STRONGROOM_MAX_COMMITS_PER_HOUR",
+    "max_snapshots": "STRONGROOM_MAX_SNAPSHOTS",
+    "max_clock_skew": "STRONGROOM_MAX_CLOCK_SKEW",
 }
+_INTS = (
+    "port",
+    "max_connections",
+    "max_unauthenticated_per_address",
+    "max_connections_per_user",
+    "max_commits_per_hour",
+    "max_snapshots",
+)
+_FLOATS = ("idle_timeout", "login_timeout", "max_clock_skew")
 
 
 def load_config(config_file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
@@ -94,9 +103,9 @@ def _typed(values: dict[str, Any]) -> ServerConfig:
             continue
         value = values[f.name]
         try:
-            if f.name in ("port", "max_connections"):
+            if f.name in _INTS:
                 value = int(value)
-            elif f.name in ("idle_timeout", "login_timeout"):
+            elif f.name in _FLOATS:
                 value = float(value)
             elif f.name in ("data_dir", "tls_cert", "tls_key", "log_file"):
                 value = Path(os.path.expanduser(str(value)))
@@ -109,6 +118,20 @@ def _typed(values: dict[str, Any]) -> ServerConfig:
         raise UsageError(f"port {cfg.port} is out of range (1-65535, or 0 for any free port)")
     if cfg.max_connections < 1 or cfg.idle_timeout <= 0 or cfg.login_timeout <= 0:
         raise UsageError("max_connections and the timeouts must be positive")
+    if min(_positive(cfg)) < 1 or not 0 < cfg.max_clock_skew < 1e9:
+        raise UsageError(
+            "max_unauthenticated_per_address, max_connections_per_user, max_commits_per_hour, "
+            "max_snapshots and max_clock_skew must be positive"
+        )
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise UsageError("give both tls_cert and tls_key, or neither")
     return cfg
+
+
+def _positive(cfg: ServerConfig) -> tuple[int, ...]:
+    return (
+        cfg.max_unauthenticated_per_address,
+        cfg.max_connections_per_user,
+        cfg.max_commits_per_hour,
+        cfg.max_snapshots,
+    )

@@ -3,7 +3,8 @@
 `strongroom-admin gc` must run inside the server while it runs, because only the server knows
 which backups are in progress (store/gc.py deletes nothing such a backup may still use). One
 JSON object per line each way: {"op": "gc" | "forget", "user": NAME, "dry_run": B} ("forget"
-applies the user's retention policy first).
+applies the user's retention policy first), or {"op": "end-sessions", "user_id": ID, "reason":
+TEXT} after the admin changed or deleted an account.
 With no server listening, the admin tool runs the same GC itself under the store's writer lock.
 """
 
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StrongroomError
-from ..retention import Candidate, Policy, apply_policy
-from .stores import UserStore
+from ..retention import Policy
+from .stores import UserStore, decide
+from .userdb import User
 
 if TYPE_CHECKING:
     from .app import ServerContext
@@ -70,8 +72,10 @@ async def _handle(
 
 
 async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
-    if not isinstance(request, dict) or request.get("op") not in ("gc", "forget"):
+    if not isinstance(request, dict) or request.get("op") not in ("gc", "forget", "end-sessions"):
         raise ValueError("unknown operation")
+    if request["op"] == "end-sessions":
+        return await _end_sessions(ctx, request)
     name = request["user"]
     dry_run = bool(request.get("dry_run", False))
     user = await asyncio.to_thread(ctx.userdb.get, str(name))
@@ -84,7 +88,7 @@ async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
     try:
         removed: list[str] = []
         if request["op"] == "forget":
-            removed = await asyncio.to_thread(retain, store, ctx.policy_for(user), dry_run)
+            removed = await asyncio.to_thread(retain, store, user, ctx.policy_for(user), dry_run)
         report = await asyncio.to_thread(lambda: store.gc(dry_run=dry_run, exclude=token))
     finally:
         await asyncio.to_thread(ctx.stores.release, user.storage_id, token)
@@ -98,17 +102,27 @@ async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
     return {"ok": True, "report": report.to_json(), "removed": removed}
 
 
-def retain(store: UserStore, policy: Policy | None, dry_run: bool) -> list[str]:
+async def _end_sessions(ctx: ServerContext, request: dict[str, Any]) -> dict[str, Any]:
+    """The admin changed or deleted an account: its sessions end now, not at their next
+    request, and the answer waits until they have let go of the user's storage."""
+    user_id = request["user_id"]
+    if not isinstance(user_id, int) or isinstance(user_id, bool):
+        raise TypeError("user_id must be an integer")
+    reason = str(request.get("reason", "the admin changed this account"))[:200]
+    ended = await ctx.end_sessions(user_id, reason, wait=30.0)
+    if ended:
+        log.info("admin: ended %d session(s) of user #%d: %s", ended, user_id, reason)
+    return {"ok": True, "ended": ended}
+
+
+def retain(store: UserStore, user: User, policy: Policy | None, dry_run: bool) -> list[str]:
     """Apply a policy now (the server also does after each backup); IDs it removes(/would)."""
     if policy is None:
         return []
     if dry_run:
-        rows = store.store.list_snapshots()
-        decisions = apply_policy(
-            [Candidate(r.snap_id, r.time_ns, r.series, r.protected) for r in rows], policy
-        )
+        decisions = decide(store.store.list_snapshots(), user, policy)
     else:
-        decisions = store.apply_policy(policy)
+        decisions = store.apply_policy(policy, user)
     return [d.candidate.id for d in decisions if not d.keep]
 
 
@@ -138,3 +152,18 @@ def ask_server(
         sock.close()
     answer: dict[str, Any] = json.loads(data)
     return answer
+
+
+def end_sessions_now(data_dir: Path, user_id: int, reason: str) -> int | None:
+    """Ask a running server to end the user's sessions at once; how many it ended, or None if
+    no server answers (sessions then end at their next request: server/session.py)."""
+    try:
+        answer = ask_server(
+            data_dir, {"op": "end-sessions", "user_id": user_id, "reason": reason}, timeout=60
+        )
+    except (OSError, ValueError):
+        return None
+    if answer is None or not answer.get("ok"):
+        return None
+    ended = answer.get("ended")
+    return ended if isinstance(ended, int) else None

@@ -21,14 +21,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..blobs import BlobType
 from ..errors import IntegrityError, RepositoryError, StrongroomError
 from ..keys import KeyFile
+from ..names import fold_name
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.framing import MAX_FRAME, MAX_LOGIN_FRAME, Frame, FrameDecoder, encode_frame
 from ..protocol.state import WRITES, Phase, ServerState
 from ..snapshot import is_snapshot_id
 from ..store.gc import GcReport
+from ..store.packstore import RootNotInManifest
 from . import auth
-from .stores import QuotaExceeded, UserStore
+from .limits import Slot
+from .manifest import ManifestStaging
+from .stores import MIN_STORED_BLOB, QuotaExceeded, SnapshotLimit, UserStore
+from .throttle import LoginRefused, address_group
 from .userdb import User
 
 if TYPE_CHECKING:
@@ -40,11 +45,16 @@ T = TypeVar("T")
 
 CHUNK_BYTES = 4 * 1024 * 1024  # size of one part of a streamed answer
 IDS_PER_PART = 65536
-MAX_MANIFEST = 4_000_000  # IDs staged for one commit (~128 MiB at most)
+MAX_MANIFEST = 4_000_000  # IDs staged for one commit (128 MB in a temporary file, not memory)
 MAX_RECORD = 1024 * 1024
 MAX_TIME_NS = 2**63 - 1  # what the database's INTEGER holds
 MAX_STORED_BLOB = 16 * 1024 * 1024 + 1024
 _BLOB_TYPES = frozenset(int(t) for t in BlobType)
+
+
+ACCOUNT_CHANGED = (
+    "this account's password, keys or append-only setting changed since you logged in; log in again"
+)
 
 
 class Close(Exception):
@@ -57,7 +67,11 @@ class Close(Exception):
 
 class Session:
     def __init__(
-        self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        ctx: ServerContext,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        slot: Slot | None = None,
     ) -> None:
         self.ctx = ctx
         self.reader = reader
@@ -65,19 +79,30 @@ class Session:
         peer = writer.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.host = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.slot = slot or Slot(address_group(self.host))
         self.state = ServerState()
         self.decoder = FrameDecoder(MAX_LOGIN_FRAME)  # raised to MAX_FRAME by a login
         self.user: User | None = None
         self.store: UserStore | None = None
-        self.manifest: set[bytes] = set()
+        self.manifest = ManifestStaging(ctx.datadir.root, MAX_MANIFEST)
         self.login_deadline = time.monotonic() + ctx.config.login_timeout
         self.put_blobs = 0
         self.put_bytes = 0
+        # The account's generation at login: any change of its login, keys or append-only
+        # flag moves it, and this session then ends (checked on every request).
+        self.generation = -1
+        # Logged in with a password the admin set: the only kind of session that may set the
+        # first key file after a reset.
+        self.admin_password_login = False
+        self.task: asyncio.Task[Any] | None = None
+        self.ended: str | None = None  # why end() was called
+        self._busy: asyncio.Future[Any] | None = None  # storage work running in a thread
 
     # ---- connection loop --------------------------------------------------------------------
 
     async def run(self) -> None:
         log.info("connection from %s", self.address)
+        self.task = asyncio.current_task()
         reason = "closed by client"
         try:
             while True:
@@ -87,8 +112,12 @@ class Session:
                 if not await self._handle(frame):
                     break
         except asyncio.CancelledError:
-            reason = "the server is stopping"
-            raise
+            if self.ended is None or self.task is None:
+                reason = "the server is stopping"
+                raise
+            self.task.uncancel()  # ended on purpose (end()): close with a word, not a cancel
+            reason = self.ended
+            await self._send_quietly(m.Error(m.ErrorCode.SESSION_ENDED, self.ended), 0)
         except Close as exc:
             reason = exc.reply.message if exc.reply else "closed"
             if exc.reply is not None:
@@ -134,7 +163,26 @@ class Session:
         with contextlib.suppress(OSError, ConnectionError, TimeoutError, RuntimeError):
             await asyncio.wait_for(self._send(msg, request_id), 5)
 
+    def end(self, reason: str) -> asyncio.Task[Any] | None:
+        """End this session from outside (an account change): it answers SESSION_ENDED and
+        closes; storage work already running in a thread finishes first (see _cleanup)."""
+        if self.ended is None:
+            self.ended = reason
+            if self.task is not None:
+                self.task.cancel()
+        return self.task
+
     async def _cleanup(self, reason: str) -> None:
+        self.manifest.close()
+        if self._busy is not None and not self._busy.done():
+            # Cancelled while a thread works on the store: let it finish before letting go.
+            await asyncio.wait([self._busy])
+        if self.user is not None:
+            live = self.ctx.sessions.get(self.user.id)
+            if live is not None:
+                live.discard(self)
+                if not live:
+                    del self.ctx.sessions[self.user.id]
         if self.store is not None and self.user is not None:
             self.store = None
             await asyncio.to_thread(self.ctx.stores.release, self.user.storage_id, self)
@@ -148,7 +196,11 @@ class Session:
         log.info("%s: disconnected%s (%s)", self.address, who, reason)
 
     async def _thread(self, func: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(func, *args)
+        # Shielded: a cancelled session does not abandon a thread that is half-way through a
+        # write to the store; _cleanup waits for it before the store may be closed.
+        fut = asyncio.ensure_future(asyncio.to_thread(func, *args))
+        self._busy = fut
+        return await asyncio.shield(fut)
 
     # ---- dispatch ---------------------------------------------------------------------------
 
@@ -172,7 +224,7 @@ class Session:
             return False
         if isinstance(msg, m.AuthParamsRequest):
             user = await self._thread(self.ctx.userdb.get, msg.user)
-            answer = auth.salt_for(user, msg.user, self.ctx.secret)
+            answer = auth.salt_for(user, msg.user, self.ctx.secret)  # folds unknown names
             await self._send(
                 m.AuthParams(
                     answer.salt, answer.kdf.memory_kib, answer.kdf.iterations, answer.kdf.lanes
@@ -209,16 +261,38 @@ class Session:
         return True
 
     async def _login(self, msg: m.Login, rid: int) -> bool:
-        delay = self.ctx.throttle.delay(msg.user, self.host)
-        if delay:
-            await asyncio.sleep(delay)
-        user = await self._thread(self.ctx.userdb.get, msg.user)
-        if not auth.verify(user, msg.auth_key) or user is None:
-            self.ctx.throttle.failed(msg.user, self.host)
-            log.warning("%s: login failed for user %r", self.address, msg.user)
+        left = self.login_deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            # Waiting for earlier attempts on the same account or address counts against the
+            # login deadline, so a queue of guesses cannot hold connections for ever.
+            async with asyncio.timeout(left):
+                user = await self._check_login(msg)
+        except LoginRefused as exc:
+            log.warning(
+                "%s: login for user %r refused: locked out for %.0f s after failed logins",
+                self.address,
+                msg.user,
+                exc.retry_after,
+            )
+            minutes = max(1, round(exc.retry_after / 60))
+            await self._send(
+                m.Error(
+                    m.ErrorCode.RATE_LIMITED,
+                    "too many failed logins for this account or from this address; "
+                    f"try again in {minutes} minute(s)",
+                ),
+                rid,
+            )
+            return True
+        if user is None:
             await self._send(m.Error(m.ErrorCode.AUTH_FAILED, "wrong user name or password"), rid)
             return True
-        self.ctx.throttle.succeeded(msg.user, self.host)
+        refusal = self.ctx.limits.authenticate(self.slot, user.id)
+        if refusal is not None:
+            log.warning("%s: user %r refused: %s", self.address, user.name, refusal)
+            raise Close(m.Error(m.ErrorCode.BUSY, refusal))
         self.store = await self._thread(
             self.ctx.stores.acquire,
             user.storage_id,
@@ -226,6 +300,9 @@ class Session:
             self,
         )
         self.user = user
+        self.generation = user.generation
+        self.admin_password_login = user.must_change_password
+        self.ctx.sessions.setdefault(user.id, set()).add(self)
         self.decoder.max_frame = MAX_FRAME
         self.state.phase = Phase.MUST_CHANGE_PASSWORD if user.must_change_password else Phase.READY
         flags = (m.LOGIN_MUST_CHANGE_PASSWORD if user.must_change_password else 0) | (
@@ -237,12 +314,25 @@ class Session:
         )
         return True
 
+    async def _check_login(self, msg: m.Login) -> User | None:
+        """The user if the auth key is right, else None (after the throttle's delay)."""
+        async with self.ctx.throttle.attempt(fold_name(msg.user), self.slot.group) as attempt:
+            user = await self._thread(self.ctx.userdb.get, msg.user)
+            if not auth.verify(user, msg.auth_key) or user is None:
+                attempt.failed()
+                log.warning("%s: login failed for user %r", self.address, msg.user)
+                return None
+            attempt.succeeded()
+            return user
+
     async def _current_user(self) -> User:
         """The user's row as it is now: admin changes apply to open connections at once."""
         assert self.user is not None
         user = await self._thread(self.ctx.userdb.get_by_id, self.user.id)
         if user is None or user.storage_id != self.user.storage_id:
             raise Close(m.Error(m.ErrorCode.ACCOUNT_GONE, "this account was deleted"))
+        if user.generation != self.generation:
+            raise Close(m.Error(m.ErrorCode.SESSION_ENDED, ACCOUNT_CHANGED))
         self.user = user
         return user
 
@@ -262,10 +352,11 @@ class Session:
             await self._thread(store.flush)
             await self._send(m.Ok(), rid)
         elif isinstance(msg, m.ManifestPart):
-            if len(self.manifest) + len(msg.ids) > MAX_MANIFEST:
-                raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "manifest is too large"))
-            self.manifest.update(msg.ids)
-            await self._send(m.Ok(len(self.manifest)), rid)
+            try:
+                await self._thread(self.manifest.add, msg.ids)
+            except OverflowError:
+                raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "manifest is too large")) from None
+            await self._send(m.Ok(self.manifest.count), rid)
         elif isinstance(msg, m.Commit):
             await self._commit(user, store, msg, rid)
         elif isinstance(msg, m.ListIds):
@@ -280,7 +371,7 @@ class Session:
             if user.append_only:
                 raise _Forbidden("append-only account: snapshots cannot be removed")
             try:
-                removed = await self._thread(store.store.delete_snapshot, msg.snap_id)
+                removed = await self._thread(store.delete_snapshot, msg.snap_id)
             except RepositoryError as exc:  # a protected snapshot
                 raise _Forbidden(str(exc)) from None
             if removed:
@@ -326,12 +417,23 @@ class Session:
         keyfile = KeyFile.from_json(msg.keyfile)  # IntegrityError -> answered as an error
         if not keyfile.wrapped:
             raise IntegrityError("the new key file holds no keys")
+        if user.must_change_password and not self.admin_password_login:
+            # Only whoever holds the password the admin just set may choose the next one.
+            raise _Forbidden("the admin reset this account's password; log in with the new one")
         if user.append_only and user.keyfile is not None and not user.must_change_password:
             # Replacing the wrapped keys could make every backup unreadable: a delete in effect.
             raise _Forbidden("append-only account: ask the admin to reset your password")
-        await self._thread(self.ctx.userdb.set_keyfile, user.id, keyfile)
+        self.generation = await self._thread(
+            functools.partial(
+                self.ctx.userdb.set_keyfile, user.id, keyfile, generation=self.generation
+            )
+        )
+        self.admin_password_login = False
         self.state.phase = Phase.READY
         log.info("%s: user %r changed their password", self.address, user.name)
+        ended = await self.ctx.end_sessions(user.id, ACCOUNT_CHANGED, keep=self)
+        if ended:
+            log.info("%s: ended %d other session(s) of user %r", self.address, ended, user.name)
         await self._send(m.Ok(), rid)
 
     async def _put(self, user: User, store: UserStore, msg: m.PutBlobs, rid: int) -> None:
@@ -341,6 +443,8 @@ class Session:
                 raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "blob is over the size limit"))
             if blob_type not in _BLOB_TYPES:
                 raise Close(m.Error(m.ErrorCode.BAD_REQUEST, f"unknown blob type {blob_type}"))
+            if len(data) < MIN_STORED_BLOB:
+                raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "blob is under the size limit"))
             size += len(data)
         try:
             added = await self._thread(store.put, msg.blobs, user.quota)
@@ -361,17 +465,33 @@ class Session:
             raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "snapshot record is too large"))
         if msg.time_ns > MAX_TIME_NS:
             raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "invalid snapshot time"))
-        manifest, self.manifest = self.manifest, set()
+        refs = self.manifest.count
+        manifest = self.manifest.take()
         try:
+            self._admit_commit(user, msg, refs)
             try:
                 await self._thread(
-                    store.commit, msg.snap_id, msg.time_ns, msg.record, manifest, msg.series
+                    functools.partial(
+                        store.commit,
+                        msg.snap_id,
+                        msg.time_ns,
+                        msg.record,
+                        manifest,
+                        msg.series,
+                        root=msg.root,
+                        refs=refs,
+                        quota=user.quota,
+                        max_snapshots=self.ctx.config.max_snapshots,
+                    )
                 )
             except sqlite3.IntegrityError:  # the one constraint a commit can break: a taken ID
                 raise _BadRequest(f"snapshot {msg.snap_id[:8]} already exists") from None
+            except RootNotInManifest as exc:
+                raise _BadRequest(str(exc)) from None
         except StrongroomError as exc:
-            await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), "failed")
-            log.warning("%s: user %r: commit failed: %s", self.address, user.name, exc)
+            result = "failed (quota)" if isinstance(exc, QuotaExceeded) else "failed"
+            await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), result)
+            log.warning("%s: user %r: commit refused: %s", self.address, user.name, exc)
             raise
         await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), "ok")
         log.info(
@@ -379,13 +499,40 @@ class Session:
             self.address,
             user.name,
             msg.snap_id[:8],
-            len(manifest),
+            refs,
             self.put_blobs,
             self.put_bytes,
         )
         self.put_blobs = self.put_bytes = 0
         await self._send(m.Ok(), rid)
         await self._after_backup(user, store)
+
+    def _admit_commit(self, user: User, msg: m.Commit, refs: int) -> None:
+        """The checks a forged commit meets before it costs the store anything."""
+        skew_ns = int(self.ctx.config.max_clock_skew * 1e9)
+        now = time.time_ns()
+        if msg.time_ns > now + skew_ns:
+            ahead = (msg.time_ns - now) / 60e9
+            raise _BadRequest(
+                f"the snapshot's time is {ahead:.0f} minutes ahead of the server's clock; "
+                "check this computer's clock"
+            )
+        if refs == 0:
+            raise _BadRequest("a snapshot must reference its blobs (the manifest is empty)")
+        if not self.ctx.commits.allow(user.id):
+            raise _RateLimited(
+                f"more than {self.ctx.config.max_commits_per_hour} snapshots committed in the "
+                "last hour for this account; try again later"
+            )
+        if msg.time_ns < now - skew_ns:
+            log.info(
+                "%s: user %r: snapshot %s is dated %.1f hours before the server's clock "
+                "(backdated; the server's policy counts it from now)",
+                self.address,
+                user.name,
+                msg.snap_id[:8],
+                (now - msg.time_ns) / 3600e9,
+            )
 
     async def _after_backup(self, user: User, store: UserStore) -> None:
         """The admin's retention policy, applied by the server itself (append-only accounts
@@ -394,7 +541,7 @@ class Session:
         if policy is None:
             return
         try:
-            decisions = await self._thread(store.apply_policy, policy)
+            decisions = await self._thread(store.apply_policy, policy, user)
             removed = [d.candidate.id[:8] for d in decisions if not d.keep]
             if not removed:
                 return
@@ -427,10 +574,19 @@ class Session:
 
     async def _list_snapshots(self, store: UserStore, rid: int) -> None:
         rows = await self._thread(store.snapshots)
-        part: list[tuple[str, int, bytes, str, int]] = []
+        part: list[tuple[str, int, bytes, str, int, int]] = []
         size = 0
         for row in rows:
-            part.append((row.snap_id, row.time_ns, row.record, row.series, int(row.protected)))
+            part.append(
+                (
+                    row.snap_id,
+                    row.time_ns,
+                    row.record,
+                    row.series,
+                    int(row.protected),
+                    row.received_ns,
+                )
+            )
             size += len(row.record) + 100
             if size >= CHUNK_BYTES:
                 await self._send(m.SnapshotRows(part), rid)
@@ -467,6 +623,10 @@ class _BadRequest(StrongroomError):
     pass
 
 
+class _RateLimited(StrongroomError):
+    pass
+
+
 def _next_part(it: Iterator[Any]) -> list[tuple[bytes, int, bytes]]:
     part: list[tuple[bytes, int, bytes]] = []
     size = 0
@@ -486,6 +646,8 @@ def _error_for(exc: StrongroomError) -> m.Error:
         code = m.ErrorCode.FORBIDDEN
     elif isinstance(exc, QuotaExceeded):
         code = m.ErrorCode.QUOTA_EXCEEDED
+    elif isinstance(exc, _RateLimited | SnapshotLimit):
+        code = m.ErrorCode.RATE_LIMITED
     elif isinstance(exc, _BadRequest):
         code = m.ErrorCode.BAD_REQUEST
     elif isinstance(exc, IntegrityError) and "does not have" in text:

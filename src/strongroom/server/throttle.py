@@ -1,14 +1,74 @@
-"""Slow down password guessing: each failed login makes the next one wait longer.
+"""Slow down password guessing: per account and per client address.
 
-Failures are counted per user name and per client address; the delay before a login is
-answered grows with the larger of the two counts, so neither guessing many passwords for one
-user nor one address trying many users gets far. A success clears both counts.
+- Attempts for one account, and from one address, are serialised: 64 parallel connections get
+  their answers one after another, each after the delay the failures before it earned, instead
+  of 64 guesses at once.
+- After `free_attempts` failures each further answer waits 0.5 s, 1 s, 2 s … up to `max_delay`.
+  Every `lockout_after` failures the key is locked: attempts are refused unanswered for 1 min,
+  then 2, 4 … up to `lockout_max` (escalating lockouts).
+- A success clears the account's count only. The address keeps its count, so an attacker who
+  owns an account cannot wipe their address's record by logging into it between guesses.
+- Counts are forgotten `forget_after` seconds after the last failure (and once a lockout ends).
+
+Keys are the case-folded user name ("u:") and the address group ("a:": an IPv4 address, or the
+/64 of an IPv6 one, which one host usually holds whole).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+
+def address_group(host: str) -> str:
+    """The unit a client address is counted in: IPv4 address, IPv6 /64."""
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
+@dataclass
+class _Record:
+    failures: int = 0
+    last_failure: float = 0.0
+    locked_until: float = 0.0
+
+
+class LoginRefused(Exception):
+    """The key is locked out; `retry_after` seconds until attempts are answered again."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"locked for {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+class Attempt:
+    """One login attempt in progress; the caller reports its outcome."""
+
+    def __init__(self, throttle: FailureThrottle, user_key: str, address_key: str) -> None:
+        self._throttle = throttle
+        self._keys = (user_key, address_key)
+        self.outcome: bool | None = None
+
+    def failed(self) -> None:
+        self.outcome = False
+        for key in self._keys:
+            self._throttle._record_failure(key)
+
+    def succeeded(self) -> None:
+        self.outcome = True
+        self._throttle._records.pop(self._keys[0], None)  # the account only, never the address
 
 
 class FailureThrottle:
@@ -18,42 +78,93 @@ class FailureThrottle:
         free_attempts: int = 3,
         base_delay: float = 0.5,
         max_delay: float = 10.0,
+        lockout_after: int = 10,
+        lockout_base: float = 60.0,
+        lockout_max: float = 3600.0,
         forget_after: float = 900.0,
         max_entries: int = 100_000,
     ) -> None:
         self.free_attempts = free_attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self.lockout_after = lockout_after
+        self.lockout_base = lockout_base
+        self.lockout_max = lockout_max
         self.forget_after = forget_after
         self.max_entries = max_entries
-        # key -> (failures, time of the last failure); oldest first, so pruning is cheap.
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # key -> record; least recently failed first, so pruning is cheap.
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, users of it)
 
-    def _count(self, key: str, now: float) -> int:
-        entry = self._failures.get(key)
-        if entry is None:
-            return 0
-        if now - entry[1] > self.forget_after:
-            del self._failures[key]
-            return 0
-        return entry[0]
+    # ---- the async entry point --------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def attempt(self, user: str, address: str) -> AsyncIterator[Attempt]:
+        """Serialise with other attempts on the same account or address, refuse a locked key
+        (LoginRefused), wait the earned delay, then let the caller check the password."""
+        user_key, address_key = "u:" + user, "a:" + address
+        async with self._serialised(user_key), self._serialised(address_key):
+            now = time.monotonic()
+            locked = max(self._locked_for(user_key, now), self._locked_for(address_key, now))
+            if locked > 0:
+                raise LoginRefused(locked)
+            delay = self.delay(user, address)
+            if delay:
+                await asyncio.sleep(delay)
+            yield Attempt(self, user_key, address_key)
+
+    @contextlib.asynccontextmanager
+    async def _serialised(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]  # nobody waits: the table holds only keys in use
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+
+    def _record(self, key: str, now: float) -> _Record | None:
+        rec = self._records.get(key)
+        if rec is None:
+            return None
+        if now - rec.last_failure > self.forget_after and now >= rec.locked_until:
+            del self._records[key]
+            return None
+        return rec
+
+    def _locked_for(self, key: str, now: float) -> float:
+        rec = self._record(key, now)
+        return max(0.0, rec.locked_until - now) if rec is not None else 0.0
+
+    def failures(self, key: str) -> int:
+        rec = self._record(key, time.monotonic())
+        return rec.failures if rec is not None else 0
 
     def delay(self, user: str, address: str) -> float:
         now = time.monotonic()
-        n = max(self._count("u:" + user, now), self._count("a:" + address, now))
+        counts = [self._record(k, now) for k in ("u:" + user, "a:" + address)]
+        n = max((r.failures for r in counts if r is not None), default=0)
         if n < self.free_attempts:
             return 0.0
         return float(min(self.max_delay, self.base_delay * 2.0 ** (n - self.free_attempts)))
 
-    def failed(self, user: str, address: str) -> None:
+    def _record_failure(self, key: str) -> None:
         now = time.monotonic()
-        for key in ("u:" + user, "a:" + address):
-            n = self._count(key, now) + 1
-            self._failures[key] = (n, now)
-            self._failures.move_to_end(key)
-        while len(self._failures) > self.max_entries:
-            self._failures.popitem(last=False)
-
-    def succeeded(self, user: str, address: str) -> None:
-        self._failures.pop("u:" + user, None)
-        self._failures.pop("a:" + address, None)
+        rec = self._record(key, now) or _Record()
+        rec.failures += 1
+        rec.last_failure = now
+        if rec.failures % self.lockout_after == 0:
+            step = rec.failures // self.lockout_after - 1
+            rec.locked_until = now + min(self.lockout_max, self.lockout_base * 2.0**step)
+        self._records[key] = rec
+        self._records.move_to_end(key)
+        while len(self._records) > self.max_entries:
+            self._records.popitem(last=False)

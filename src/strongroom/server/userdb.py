@@ -9,6 +9,7 @@ the server may call it from several threads; WAL lets the admin tool and the ser
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import re
@@ -25,7 +26,8 @@ from ..crypto import KdfParams
 from ..errors import StrongroomError, UsageError
 from ..keys import KeyFile
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+DEFAULT_PROTECT_WINDOW_S = 7 * 24 * 3600  # append-only: the server's policy keeps a week
 
 # _MIGRATIONS[i] takes the schema from version i to i + 1 (version 0 = empty file).
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -55,13 +57,24 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE users ADD COLUMN policy TEXT",
         "CREATE TABLE settings(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ),
+    (
+        # Security: a generation bumped by every change of login, keys, append-only or
+        # deletion (open sessions compare it on every request and end when it moved), and the
+        # append-only protection window (seconds a received snapshot is safe from the policy).
+        "ALTER TABLE users ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN protect_window_s INTEGER NOT NULL DEFAULT "
+        f"{DEFAULT_PROTECT_WINDOW_S:d}",
+        # Storage folders to remove: written in the transaction that deletes the user, so a
+        # crash half-way through `user delete --purge-data` is finished by the next start.
+        "CREATE TABLE pending_purges(storage_id TEXT PRIMARY KEY)",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 _SELECT = (
     "SELECT id, name, storage_id, directory, salt, kdf_memory_kib, kdf_iterations, kdf_lanes, "
     "auth_hash, keyfile, must_change_password, quota, append_only, created_ns, "
-    "last_backup_ns, last_backup_result, policy FROM users"
+    "last_backup_ns, last_backup_result, policy, generation, protect_window_s FROM users"
 )
 
 
@@ -82,6 +95,8 @@ class User:
     last_backup_ns: int | None
     last_backup_result: str | None
     policy: str | None = None  # retention policy JSON; None = the server's default
+    generation: int = 0  # moves on every change of login, keys or append-only (sessions end)
+    protect_window_s: int = DEFAULT_PROTECT_WINDOW_S  # append-only: policy never removes newer
 
 
 _USERNAME = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}", re.ASCII)
@@ -118,6 +133,7 @@ _SIZE = re.compile(
 )
 _UNITS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
 MAX_SIZE = 2**63 - 1  # SQLite's INTEGER
+MAX_WINDOW_S = 100 * 366 * 24 * 3600
 
 
 def parse_size(text: str) -> int:
@@ -133,6 +149,28 @@ def parse_size(text: str) -> int:
     if value > MAX_SIZE:
         raise UsageError(f"size {text!r} is too large")
     return value
+
+
+_WINDOW = re.compile(r"\s*(\d{1,9})\s*([smhdw]?)\s*", re.ASCII | re.IGNORECASE)
+_WINDOW_UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_window(text: str) -> int:
+    """'7d', '36h', '2w', '0' (days when no unit is given) -> seconds."""
+    match = _WINDOW.fullmatch(text) if len(text) <= 20 else None
+    if match is None:
+        raise UsageError(f"invalid duration {text[:20]!r}: use e.g. 7d, 36h, 2w or 0")
+    seconds = int(match.group(1)) * _WINDOW_UNITS[match.group(2).lower()]
+    if seconds > MAX_WINDOW_S:
+        raise UsageError(f"duration {text!r} is too long (at most 100 years)")
+    return seconds
+
+
+def format_window(seconds: int) -> str:
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def parse_quota(text: str) -> int | None:
@@ -237,10 +275,13 @@ class UserDB:
         auth_hash: bytes,
         quota: int | None = None,
         append_only: bool = False,
+        protect_window_s: int = DEFAULT_PROTECT_WINDOW_S,
     ) -> User:
         validate_username(name)
         validate_directory(directory)
         _check_quota(quota)
+        if not 0 <= protect_window_s <= MAX_WINDOW_S:
+            raise UsageError("the protection window must be between 0 and 100 years")
         with self._lock:
             with self._transaction():
                 if self._db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
@@ -248,7 +289,8 @@ class UserDB:
                 cur = self._db.execute(
                     "INSERT INTO users(name, storage_id, directory, salt, kdf_memory_kib, "
                     "kdf_iterations, kdf_lanes, auth_hash, keyfile, must_change_password, quota, "
-                    "append_only, created_ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, ?, ?, ?)",
+                    "append_only, created_ns, protect_window_s) "
+                    "VALUES(?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, ?, ?, ?, ?)",
                     (
                         name,
                         os.urandom(16).hex(),
@@ -261,19 +303,34 @@ class UserDB:
                         quota,
                         int(append_only),
                         time.time_ns(),
+                        protect_window_s,
                     ),
                 )
                 uid = cur.lastrowid
             row = self._db.execute(_SELECT + " WHERE id = ?", (uid,)).fetchone()
         return _user(row)
 
-    def delete(self, name: str) -> User | None:
-        """Remove the user's row and return it (None if there was no such user)."""
+    def delete(self, name: str, *, purge: bool = False) -> User | None:
+        """Remove the user's row and return it (None if there was no such user). With `purge`,
+        their storage is queued for removal in the same transaction (see pending_purges)."""
         with self._lock, self._transaction():
             row = self._db.execute(_SELECT + " WHERE name = ?", (name,)).fetchone()
             if row is not None:
                 self._db.execute("DELETE FROM users WHERE id = ?", (row[0],))
+                if purge:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO pending_purges(storage_id) VALUES(?)", (row[2],)
+                    )
         return _user(row) if row else None
+
+    def pending_purges(self) -> builtins.list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT storage_id FROM pending_purges").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def purge_done(self, storage_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pending_purges WHERE storage_id = ?", (storage_id,))
 
     def set_login(
         self, uid: int, *, salt: bytes, kdf: KdfParams, auth_hash: bytes, must_change: bool
@@ -281,25 +338,34 @@ class UserDB:
         """An admin password reset: a new login verifier; the key file is left as it is."""
         self._write(
             "UPDATE users SET salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, kdf_lanes = ?, "
-            "auth_hash = ?, must_change_password = ? WHERE id = ?",
+            "auth_hash = ?, must_change_password = ?, generation = generation + 1 WHERE id = ?",
             (salt, kdf.memory_kib, kdf.iterations, kdf.lanes, auth_hash, int(must_change), uid),
         )
 
-    def set_keyfile(self, uid: int, keyfile: KeyFile) -> None:
-        """The user's own password change: their key file becomes their login verifier too."""
-        self._write(
-            "UPDATE users SET keyfile = ?, salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, "
-            "kdf_lanes = ?, auth_hash = ?, must_change_password = 0 WHERE id = ?",
-            (
-                keyfile.to_json().encode(),
-                keyfile.salt,
-                keyfile.kdf.memory_kib,
-                keyfile.kdf.iterations,
-                keyfile.kdf.lanes,
-                keyfile.auth_hash,
-                uid,
-            ),
-        )
+    def set_keyfile(self, uid: int, keyfile: KeyFile, *, generation: int) -> int:
+        """The user's own password change: their key file becomes their login verifier too.
+
+        Only if the account is still at `generation` (nobody reset, changed or deleted it
+        since the caller's session read it); returns the new generation."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE users SET keyfile = ?, salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, "
+                "kdf_lanes = ?, auth_hash = ?, must_change_password = 0, "
+                "generation = generation + 1 WHERE id = ? AND generation = ?",
+                (
+                    keyfile.to_json().encode(),
+                    keyfile.salt,
+                    keyfile.kdf.memory_kib,
+                    keyfile.kdf.iterations,
+                    keyfile.kdf.lanes,
+                    keyfile.auth_hash,
+                    uid,
+                    generation,
+                ),
+            )
+        if cur.rowcount == 0:
+            raise StrongroomError("this account was changed or deleted meanwhile; log in again")
+        return generation + 1
 
     def update(
         self,
@@ -309,9 +375,12 @@ class UserDB:
         quota: int | Literal["unset"] | None = "unset",
         append_only: bool | None = None,
         policy: str | Literal["unset"] | None = "unset",
+        protect_window_s: int | None = None,
     ) -> User:
         """Change the given settings (None / "unset" = leave alone; quota=None removes it,
         policy=None returns the user to the server's default policy)."""
+        if protect_window_s is not None and not 0 <= protect_window_s <= MAX_WINDOW_S:
+            raise UsageError("the protection window must be between 0 and 100 years")
         if directory is not None:
             validate_directory(directory)
         if quota != "unset":
@@ -329,8 +398,17 @@ class UserDB:
                 if quota != "unset":
                     self._db.execute("UPDATE users SET quota = ? WHERE id = ?", (quota, uid))
                 if append_only is not None:
+                    # A change of the flag ends open sessions (they were admitted under the
+                    # other rule); setting it to what it is changes nothing.
                     self._db.execute(
-                        "UPDATE users SET append_only = ? WHERE id = ?", (int(append_only), uid)
+                        "UPDATE users SET append_only = ?, generation = generation + 1 "
+                        "WHERE id = ? AND append_only != ?",
+                        (int(append_only), uid, int(append_only)),
+                    )
+                if protect_window_s is not None:
+                    self._db.execute(
+                        "UPDATE users SET protect_window_s = ? WHERE id = ?",
+                        (protect_window_s, uid),
                     )
                 if policy != "unset":
                     self._db.execute("UPDATE users SET policy = ? WHERE id = ?", (policy, uid))
@@ -394,4 +472,6 @@ def _user(row: Any) -> User:
         last_backup_ns=None if row[14] is None else int(row[14]),
         last_backup_result=None if row[15] is None else str(row[15]),
         policy=None if row[16] is None else str(row[16]),
+        generation=int(row[17]),
+        protect_window_s=int(row[18]),
     )

@@ -37,7 +37,8 @@ from .lock import WriterLock
 
 PACK_TARGET_SIZE = 8 * 1024 * 1024
 _WRITE_QUEUE_DEPTH = 1  # packs waiting for disk: memory stays under ~3 x PACK_TARGET_SIZE
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
+_TREE = 1  # BlobType.TREE (blobs.py), named here without importing the codec
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS snapshots(
     time_ns INTEGER NOT NULL,
     record BLOB NOT NULL,
     series TEXT NOT NULL DEFAULT '',  -- keyed hash of host + paths: groups for retention
-    protected INTEGER NOT NULL DEFAULT 0
+    protected INTEGER NOT NULL DEFAULT 0,
+    received_ns INTEGER NOT NULL DEFAULT 0  -- the store's clock at commit, not the client's
 );
 CREATE TABLE IF NOT EXISTS snapshot_blobs(
     snapshot INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
@@ -92,6 +94,11 @@ class SnapshotRow:
     record: bytes
     series: str = ""
     protected: bool = False
+    received_ns: int = 0  # when the store committed it (its own clock; time_ns is the client's)
+
+
+class RootNotInManifest(IntegrityError):
+    """A commit named a root that is not a stored tree among the blobs it references."""
 
 
 class PackMissing(IntegrityError):
@@ -99,11 +106,18 @@ class PackMissing(IntegrityError):
 
 
 # Schema 1 -> 2: retention groups, protection, and GC's two-phase deletion.
+# Schema 2 -> 3: the time each snapshot was received; older ones get their own time, never
+# one later than the migration (a future time a client chose must not outlive it).
 _MIGRATIONS = {
     1: (
         "ALTER TABLE blobs ADD COLUMN condemned_ns INTEGER",
         "ALTER TABLE snapshots ADD COLUMN series TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE snapshots ADD COLUMN protected INTEGER NOT NULL DEFAULT 0",
+    ),
+    2: (
+        "ALTER TABLE snapshots ADD COLUMN received_ns INTEGER NOT NULL DEFAULT 0",
+        "UPDATE snapshots SET received_ns = "
+        "MIN(time_ns, CAST(strftime('%s', 'now') AS INTEGER) * 1000000000)",
     ),
 }
 
@@ -623,50 +637,81 @@ class PackStore:
         record: bytes,
         manifest: Iterable[bytes],
         series: str = "",
+        *,
+        root: bytes | None = None,
+        received_ns: int | None = None,
     ) -> None:
-        """Make a snapshot visible, atomically, only if every blob it references is stored."""
+        """Make a snapshot visible, atomically, only if every blob it references is stored.
+
+        `manifest` is streamed into a temporary table (never held as one list), so a huge one
+        costs disk pages, not memory. With `root`, the manifest must hold it and it must be a
+        stored tree: a commit cannot name a root that is not part of what it keeps alive."""
         if self._lock is None:
             raise RepositoryError("store was opened read-only")
-        ids = list(set(manifest))
+        received = time.time_ns() if received_ns is None else received_ns
         with self._db_lock, self._db:
             self._db.execute("CREATE TEMP TABLE IF NOT EXISTS manifest(blob_id BLOB PRIMARY KEY)")
             self._db.execute("DELETE FROM temp.manifest")
-            self._db.executemany(
-                "INSERT OR IGNORE INTO temp.manifest(blob_id) VALUES(?)", ((b,) for b in ids)
-            )
-            found = self._db.execute(
-                "SELECT COUNT(*) FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id"
-            ).fetchone()[0]
-            if found != len(ids):
+            try:
+                self._check_and_insert(snap_id, time_ns, record, manifest, series, root, received)
+            finally:
                 self._db.execute("DELETE FROM temp.manifest")
-                raise IntegrityError(
-                    f"snapshot references {len(ids) - found} blob(s) the repository does not have"
+
+    def _check_and_insert(
+        self,
+        snap_id: str,
+        time_ns: int,
+        record: bytes,
+        manifest: Iterable[bytes],
+        series: str,
+        root: bytes | None,
+        received_ns: int,
+    ) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO temp.manifest(blob_id) VALUES(?)", ((b,) for b in manifest)
+        )
+        wanted, found = self._db.execute(
+            "SELECT (SELECT COUNT(*) FROM temp.manifest), "
+            "(SELECT COUNT(*) FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id)"
+        ).fetchone()
+        if found != wanted:
+            raise IntegrityError(
+                f"snapshot references {wanted - found} blob(s) the repository does not have"
+            )
+        if root is not None:
+            row = self._db.execute(
+                "SELECT b.type FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id "
+                "WHERE m.blob_id = ?",
+                (root,),
+            ).fetchone()
+            if row is None or row[0] != _TREE:
+                raise RootNotInManifest(
+                    "the snapshot's root tree is not a stored tree in its manifest"
                 )
-            cur = self._db.execute(
-                "INSERT INTO snapshots(snap_id, time_ns, record, series) VALUES(?, ?, ?, ?) "
-                "RETURNING id",
-                (snap_id, time_ns, record, series),
-            )
-            row_id = cur.fetchone()[0]
-            # Referenced again: whatever GC condemned among these is live once more.
-            self._db.execute(
-                "UPDATE blobs SET condemned_ns = NULL WHERE condemned_ns IS NOT NULL "
-                "AND blob_id IN (SELECT blob_id FROM temp.manifest)"
-            )
-            self._db.execute(
-                "INSERT INTO snapshot_blobs(snapshot, blob) "
-                "SELECT ?, b.id FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id",
-                (row_id,),
-            )
-            self._db.execute("DELETE FROM temp.manifest")
+        cur = self._db.execute(
+            "INSERT INTO snapshots(snap_id, time_ns, record, series, received_ns) "
+            "VALUES(?, ?, ?, ?, ?) RETURNING id",
+            (snap_id, time_ns, record, series, received_ns),
+        )
+        row_id = cur.fetchone()[0]
+        # Referenced again: whatever GC condemned among these is live once more.
+        self._db.execute(
+            "UPDATE blobs SET condemned_ns = NULL WHERE condemned_ns IS NOT NULL "
+            "AND blob_id IN (SELECT blob_id FROM temp.manifest)"
+        )
+        self._db.execute(
+            "INSERT INTO snapshot_blobs(snapshot, blob) "
+            "SELECT ?, b.id FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id",
+            (row_id,),
+        )
 
     def list_snapshots(self) -> list[SnapshotRow]:
         with self._db_lock:
             rows = self._db.execute(
-                "SELECT snap_id, time_ns, record, series, protected FROM snapshots "
+                "SELECT snap_id, time_ns, record, series, protected, received_ns FROM snapshots "
                 "ORDER BY time_ns, snap_id"
             ).fetchall()
-        return [SnapshotRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+        return [SnapshotRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
 
     def set_protected(self, snap_id: str, protected: bool) -> bool:
         if self._lock is None:
