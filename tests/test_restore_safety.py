@@ -893,3 +893,32 @@ def test_restore_help_documents_allow_foreign_owners(cli: Cli) -> None:
     text = cli.run("restore", "--help").stdout
     assert "--allow-foreign-owners" in text
     assert "owned by another user" in " ".join(text.split())
+
+
+# Root without the capabilities that bypass file permissions: modes are enforced as for a user.
+NO_DAC_OVERRIDE = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
+
+
+@needs_root
+def test_restore_again_over_a_folder_without_read_permission(cli: Cli, tmp_path: Path) -> None:
+    """Folders are looked up with O_PATH descriptors, which need no read permission: restoring
+    again over a restored mode-0311 folder works as it did by path."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv")
+    src = tmp_path / "src"
+    (src / "d" / "e").mkdir(parents=True)
+    (src / "d" / "e" / "f").write_bytes(b"inside")
+    (src / "d").chmod(0o311)
+    cli.backup(src)
+
+    class Capless(type(cli)):  # type: ignore[misc]
+        PREFIX = (*NO_DAC_OVERRIDE, *type(cli).PREFIX)
+
+    capless = Capless(tmp_path)
+    capless.env = cli.env
+    target = tmp_path / "out"
+    for attempt in range(2):
+        res = capless.run("restore", "latest", "--target", str(target), check=False)
+        assert res.returncode == 0, (attempt, res.stderr)
+        assert "warning" not in res.stderr, (attempt, res.stderr)
+    assert tree_state(target / "src") == tree_state(src)

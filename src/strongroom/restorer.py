@@ -35,7 +35,11 @@ from .tree import Node
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-_DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW
+# Folders we only look up names in are opened with O_PATH where Linux has it: that needs no
+# read permission on the folder (a restore run again over a mode 0311 folder of the snapshot).
+_O_PATH = getattr(os, "O_PATH", 0)
+_DIR_FLAGS = (_O_PATH or os.O_RDONLY) | _O_DIRECTORY | _O_NOFOLLOW
+_META_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW  # fchown/fchmod refuse O_PATH ones
 # What opening a name with O_NOFOLLOW|O_DIRECTORY says when it is a link or not a folder
 # (FreeBSD answers EMLINK for a link).
 _NOT_A_FOLDER = frozenset({errno.ELOOP, errno.ENOTDIR, errno.EMLINK})
@@ -132,13 +136,13 @@ class _DirFds:
         with self._lock:
             self._insert(d, _Slot(fd))
 
-    def open_fresh(self, d: _Dir) -> int:
+    def open_fresh(self, d: _Dir, flags: int) -> int:
         """A new descriptor of `d`, looked up by name in its parent now and checked; the caller
         closes it. A cached descriptor would still reach a folder that was moved away."""
         assert d.parent is not None
         parent = self.acquire(d.parent)
         try:
-            return _open_child(parent.fd, d)
+            return _open_child(parent.fd, d, flags)
         finally:
             self.release(parent)
 
@@ -205,14 +209,21 @@ class _DirFds:
             os.close(slot.fd)
 
 
-def _open_child(parent_fd: int, d: _Dir) -> int:
+class _CannotOpen(StrongroomError):
+    def __init__(self, path: str, exc: OSError) -> None:
+        super().__init__(f"cannot open folder {path}: {exc.strerror}")
+        self.errno = exc.errno
+        self.strerror = exc.strerror
+
+
+def _open_child(parent_fd: int, d: _Dir, flags: int = _DIR_FLAGS) -> int:
     """Open folder `d` by name in its parent, never through a link, and check its identity."""
     try:
-        fd = os.open(d.name, _DIR_FLAGS, dir_fd=parent_fd)
+        fd = os.open(d.name, flags, dir_fd=parent_fd)
     except OSError as exc:
         if exc.errno in _NOT_A_FOLDER or exc.errno == errno.ENOENT:
             raise _moved(d) from None
-        raise StrongroomError(f"cannot open folder {d.path}: {exc.strerror}") from None
+        raise _CannotOpen(d.path, exc) from None
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != d.ident:
         os.close(fd)
@@ -697,14 +708,24 @@ class Restorer:
             return
         # Looked up by name again: a folder moved or replaced since the walk stops the restore
         # here, even if its descriptor was cached all along.
-        fd = self._fds.open_fresh(d)
+        try:
+            fd = self._fds.open_fresh(d, _DIR_FLAGS if node is None else _META_FLAGS)
+            where: int | str = fd
+        except _CannotOpen as exc:
+            if node is None or not _O_PATH or exc.errno != errno.EACCES:
+                self._warn(f"{d.path}: cannot restore metadata ({exc.strerror})")
+                return
+            # A folder we may not read (restoring again over a mode 0311 folder, not as root):
+            # its O_PATH descriptor, checked like any other, reaches that very inode via /proc.
+            fd = self._fds.open_fresh(d, _DIR_FLAGS)
+            where = f"/proc/self/fd/{fd}"
         try:
             if node is None:
                 return
             if self._root_uid:
-                os.fchown(fd, node.uid, node.gid)
-            os.fchmod(fd, node.mode)
-            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+                os.chown(where, node.uid, node.gid)
+            os.chmod(where, node.mode)
+            os.utime(where, ns=(node.mtime_ns, node.mtime_ns))
         except OSError as exc:
             self._warn(f"{d.path}: cannot restore metadata ({exc.strerror})")
         finally:
