@@ -71,12 +71,20 @@ class Raw:
     """One connection to the server, speaking frames by hand."""
 
     def __init__(
-        self, port: int, *, tls: bool = True, timeout: float = IO_TIMEOUT, rcvbuf: int = 0
+        self,
+        port: int,
+        *,
+        tls: bool = True,
+        timeout: float = IO_TIMEOUT,
+        rcvbuf: int = 0,
+        source: str = "",
     ) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if rcvbuf:  # a small receive window: the server's answers back up quickly
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if source:  # another loopback address (127.0.0.2 ...): another client host
+                sock.bind((source, 0))
             sock.settimeout(timeout)
             sock.connect((HOST, port))
         except BaseException:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import struct
 import threading
 from dataclasses import dataclass
@@ -59,9 +60,13 @@ def cache_root() -> Path:
 class LocalCache:
     def __init__(self, repo_id: str, paths: list[str], root: Path | None = None) -> None:
         key = blake3.blake3("\0".join(sorted(paths)).encode("utf-8", "surrogatepass")).hexdigest()
-        folder = (root or cache_root()) / repo_id
-        folder.mkdir(parents=True, exist_ok=True)
+        base = root or cache_root()
+        folder = base / repo_id
+        # Plain file names live here: the cache is private to the user (0700 / 0600).
+        _private_dir(base)
+        _private_dir(folder)
         self.path = folder / f"{key[:24]}.sqlite"
+        _private_file(self.path)
         try:
             self._db = self._open()
         except sqlite3.DatabaseError:
@@ -71,6 +76,7 @@ class LocalCache:
             self._db = self._open()
         self._lock = threading.Lock()
         self._small_path = folder / f"{key[:24]}.small"
+        _private_file(self._small_path)
         self._small: dict[bytes, ContentRef] | None = None
 
     def _open(self) -> sqlite3.Connection:
@@ -174,6 +180,34 @@ class LocalCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _private_dir(path: Path) -> None:
+    """Create with mode 0700, or tighten an older cache folder this user owns."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(path, 0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create empty with mode 0600 (SQLite gives its -wal and -shm files the database's mode),
+    or tighten an existing one."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o600))
+    _tighten(path, 0o600)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    if os.name == "nt":  # Windows: the user profile's ACLs already make it private
+        return
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            return
+        if st.st_uid == os.geteuid() and st.st_mode & 0o777 & ~mode:
+            os.chmod(path, mode)
+
+
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 def _path_key(path: str) -> bytes:

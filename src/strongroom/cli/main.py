@@ -472,6 +472,12 @@ def passwd(where: Where, new_password_file: str | None, old_password_file: str |
 @click.option("--fingerprint", envvar="STRONGROOM_FINGERPRINT", help="Expected fingerprint.")
 @click.option("--ca-file", envvar="STRONGROOM_CA_FILE", type=click.Path(dir_okay=False))
 @click.option("--password-file", type=click.Path(dir_okay=False))
+@click.option(
+    "--accept-new-keys",
+    is_flag=True,
+    help="Forget what this computer remembers of the account's keys and password hashing "
+    "(only after the admin confirms they recreated your account).",
+)
 @handle_errors
 def login(
     server: str | None,
@@ -479,6 +485,7 @@ def login(
     fingerprint: str | None,
     ca_file: str | None,
     password_file: str | None,
+    accept_new_keys: bool,
 ) -> None:
     """Log in to a server once: pins its certificate and remembers server and user."""
     from .target import connect
@@ -496,7 +503,7 @@ def login(
         ca_file=ca_file,
         password_file=password_file,
     )
-    r = connect(where, remember=True)
+    r = connect(where, remember=True, accept_new_keys=accept_new_keys)
     try:
         n = len(r.snapshot_rows())
         folder = r.directory or "(none recorded)"

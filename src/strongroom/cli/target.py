@@ -189,7 +189,9 @@ def connect(
     if old_password is None and sys.stdin.isatty():
         old_password = old_password_prompt
     pin_key = account_key(key, user)
-    known = None if accept_new_keys else cfg.accounts.get(pin_key)
+    if accept_new_keys and cfg.accounts.pop(pin_key, None) is not None:
+        cfg.save()  # forgotten even if this login stops at a forced password change
+    known = cfg.accounts.get(pin_key)
     pin = AccountPin(**vars(known)) if known is not None else AccountPin()
     transport = open_connection(Target(server, user, pinned, where.ca_file), trust)
     try:

@@ -110,7 +110,9 @@ def login(
                 "your password was set by the admin: choose your own first with "
                 "'strongroom passwd' (the admin must not be able to read your backups)"
             )
-        keys = _keys_for_change(keyfile, pk, old_password, pin, transport.address)
+        keys = _keys_for_change(
+            keyfile, password, pk, params.salt, kdf, old_password, pin, transport.address
+        )
         _check_keys(keys, pin, transport.address)
         fresh = new_password()
         transport.call(m.SetKeyFile(new_keyfile(fresh, keys, wrap_kdf)), 60)
@@ -173,6 +175,27 @@ def _cost(kdf: crypto.KdfParams) -> str:
     return f"{memory}, {kdf.iterations} pass{'es' if kdf.iterations != 1 else ''}"
 
 
+def _opens_with(
+    keyfile: KeyFile,
+    password: bytes,
+    pk: crypto.PasswordKeys,
+    login_salt: bytes,
+    login_kdf: crypto.KdfParams,
+    pin: AccountPin,
+    address: str,
+) -> bool:
+    """Does the key file open with `password`, under the login's salt or its own?"""
+    try:
+        if keyfile.salt == login_salt and keyfile.kdf == login_kdf:
+            unwrap(keyfile, pk.kek)
+        else:
+            check_kdf(keyfile.kdf, pin, address)
+            unlock(keyfile, password)
+    except WrongPasswordError:
+        return False
+    return True
+
+
 def _check_keys(keys: RepoKeys, pin: AccountPin, address: str) -> None:
     if pin.key_check is not None and not crypto.constant_time_equal(
         pin.key_check.encode(), keys.check_value().encode()
@@ -187,7 +210,10 @@ def _check_keys(keys: RepoKeys, pin: AccountPin, address: str) -> None:
 
 def _keys_for_change(
     keyfile: KeyFile | None,
+    admin_password: bytes,
     pk: crypto.PasswordKeys,
+    login_salt: bytes,
+    login_kdf: crypto.KdfParams,
     old_password: PasswordSource | None,
     pin: AccountPin,
     address: str,
@@ -197,24 +223,20 @@ def _keys_for_change(
     if keyfile is None:
         if pin.key_check is not None:
             raise UnsafeServer(
-                f"WARNING: server {address} holds no keys for this account, but this computer "
-                "has used its keys before: whoever controls the server removed them. Nothing "
-                "was changed. If the admin recreated your account on purpose, run "
+                f"WARNING: server {address} holds no keys for this account, but this computer has "
+                "used its keys before: whoever controls the server removed them. Nothing was "
+                "changed. If the admin recreated your account on purpose, run "
                 "'strongroom login --accept-new-keys'"
             )
         return RepoKeys.generate()
-    try:
-        unwrap(keyfile, pk.kek)
-    except WrongPasswordError:
-        pass
-    else:
+    if _opens_with(keyfile, admin_password, pk, login_salt, login_kdf, pin, address):
         # No legitimate flow wraps keys under a password the admin chose: these were planted
         # by someone who knows that password, to read everything backed up from now on.
         raise UnsafeServer(
-            f"WARNING: the keys server {address} holds for this account open with the "
-            "password the admin set. Someone with access to the server planted keys they "
-            "know, to read your future backups. Nothing was changed; tell your admin and do "
-            "not back up to this server until it is explained"
+            f"WARNING: the keys server {address} holds for this account open with the password the "
+            "admin set. Someone with access to the server planted keys they know, to read "
+            "your future backups. Nothing was changed; tell your admin and do not back up to "
+            "this server until it is explained"
         )
     if old_password is None:
         raise PasswordChangeRequired(

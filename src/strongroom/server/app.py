@@ -38,7 +38,7 @@ class ServerContext:
     userdb: UserDB
     secret: bytes
     stores: StoreRegistry
-    throttle: FailureThrottle = field(default_factory=FailureThrottle)
+    throttle: FailureThrottle = field(init=False)
     version: str = __version__
     connections: set[asyncio.Task[None]] = field(default_factory=set)
     # Logged-in sessions by user ID, so an account change can end them at once.
@@ -53,6 +53,12 @@ class ServerContext:
             cfg.max_connections, cfg.max_unauthenticated_per_address, cfg.max_connections_per_user
         )
         self.commits = CommitRate(cfg.max_commits_per_hour)
+        self.throttle = FailureThrottle(
+            free_attempts=cfg.login_free_attempts,
+            max_delay=cfg.login_max_delay,
+            lockout_after=cfg.login_lockout_after,
+            lockout_base=cfg.login_lockout,
+        )
 
     def policy_for(self, user: User) -> Policy | None:
         return policy_for(self.userdb, user)

@@ -40,6 +40,13 @@ class ServerConfig:
     max_commits_per_hour: int = 120
     max_snapshots: int = 10_000
     max_clock_skew: float = 3600.0
+    # Password guessing (server/throttle.py): answers are slowed after `login_free_attempts`
+    # failures (doubling from 0.5 s up to `login_max_delay`), and every `login_lockout_after`
+    # failures lock the name or address for `login_lockout` seconds, doubling up to an hour.
+    login_free_attempts: int = 3
+    login_max_delay: float = 10.0
+    login_lockout_after: int = 10
+    login_lockout: float = 60.0
 
 
 _ENV = {
@@ -57,6 +64,10 @@ _ENV = {
     "max_commits_per_hour": "STRONGROOM_MAX_COMMITS_PER_HOUR",
     "max_snapshots": "STRONGROOM_MAX_SNAPSHOTS",
     "max_clock_skew": "STRONGROOM_MAX_CLOCK_SKEW",
+    "login_free_attempts": "STRONGROOM_LOGIN_FREE_ATTEMPTS",
+    "login_max_delay": "STRONGROOM_LOGIN_MAX_DELAY",
+    "login_lockout_after": "STRONGROOM_LOGIN_LOCKOUT_AFTER",
+    "login_lockout": "STRONGROOM_LOGIN_LOCKOUT",
 }
 _INTS = (
     "port",
@@ -65,8 +76,10 @@ _INTS = (
     "max_connections_per_user",
     "max_commits_per_hour",
     "max_snapshots",
+    "login_free_attempts",
+    "login_lockout_after",
 )
-_FLOATS = ("idle_timeout", "login_timeout", "max_clock_skew")
+_FLOATS = ("idle_timeout", "login_timeout", "max_clock_skew", "login_max_delay", "login_lockout")
 
 
 def load_config(config_file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
@@ -122,6 +135,16 @@ def _typed(values: dict[str, Any]) -> ServerConfig:
         raise UsageError(
             "max_unauthenticated_per_address, max_connections_per_user, max_commits_per_hour, "
             "max_snapshots and max_clock_skew must be positive"
+        )
+    if (
+        cfg.login_free_attempts < 0
+        or cfg.login_lockout_after < 1
+        or not 0 <= cfg.login_max_delay <= 60
+        or not 0 <= cfg.login_lockout <= 86400
+    ):
+        raise UsageError(
+            "login_free_attempts must be >= 0, login_lockout_after >= 1, login_max_delay "
+            "0-60 s and login_lockout 0-86400 s"
         )
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise UsageError("give both tls_cert and tls_key, or neither")
