@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import socket
 import sqlite3
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, Result
+from hostile_server import ProxiedCli, Request, Rewrite, serve_proxy
 from netfixtures import ADMIN_PASSWORD, NetCli, Server
 from strongroom import crypto, keys
 from strongroom.protocol import messages as m
@@ -539,3 +541,66 @@ def test_throttle_rules() -> None:
     assert address_group("2001:db8::1") == address_group("2001:db8::ffff") == "2001:db8::/64"
     assert address_group("::ffff:10.1.2.3") == "10.1.2.3"
     assert address_group("10.1.2.3") != address_group("10.1.2.4")
+
+
+# ---- the same attacks from a server the attacker runs (tampering TLS proxy) ----------------
+
+
+def test_proxy_weak_kdf_gets_no_login(server: Server, alice: NetCli) -> None:
+    def weaken(msg: m.Message, request: Request | None) -> list[m.Message | bytes]:
+        if isinstance(msg, m.AuthParams):
+            return [dataclasses.replace(msg, memory_kib=8, iterations=1, lanes=1)]
+        return [msg]
+
+    with serve_proxy(server, Rewrite(on_response=weaken)) as proxy:
+        victim = ProxiedCli(alice, proxy)
+        res = victim.run("snapshots", check=False, env=SECURE)
+        one_line_error(res, "weak password hashing", "Nothing derived from your password")
+        assert proxy.connections, "the client never connected"
+        sent = proxy.sent_types()
+        assert "AuthParamsRequest" in sent and "Login" not in sent, sent
+
+
+def test_proxy_planted_and_swapped_keys(server: Server, alice: NetCli, tmp_path: Path) -> None:
+    other = server.add_user("alice2", tmp_path)  # same password, other keys
+    other.run("snapshots")
+    alice.run("snapshots")  # this computer pins alice's keys (through the real server)
+    foreign = bytes(row(server, "alice2")["keyfile"])  # type: ignore[arg-type]
+    seen: dict[str, bytes] = {}
+
+    def plant(msg: m.Message, request: Request | None) -> list[m.Message | bytes]:
+        if isinstance(msg, m.AuthParams):
+            seen["salt"] = msg.salt
+        if isinstance(msg, m.LoginOk) and "mode" in seen:
+            if seen["mode"] == b"swap":
+                return [dataclasses.replace(msg, keyfile=foreign)]
+            # Keys the attacker knows, wrapped under the admin-set password and the salt the
+            # login used: exactly what the client would unwrap at the forced change.
+            kdf = crypto.KdfParams(memory_kib=1024, iterations=1)
+            pk = crypto.split_master(
+                crypto.derive_master(ADMIN_PASSWORD.encode(), seen["salt"], kdf)
+            )
+            planted = keys.wrap(keys.RepoKeys.generate(), seen["salt"], kdf, pk)
+            return [dataclasses.replace(msg, keyfile=planted.to_json().encode())]
+        return [msg]
+
+    with serve_proxy(server, Rewrite(on_response=plant)) as proxy:
+        victim = ProxiedCli(alice, proxy)
+        victim.run("snapshots")  # pins alice's keys for the proxy's address as well
+        seen["mode"] = b"swap"
+        one_line_error(victim.run("snapshots", check=False), "DIFFERENT KEYS")
+        seen["mode"] = b"plant"
+        server.admin("user", "passwd", "alice", "--password-stdin", input=ADMIN_PASSWORD + "\n")
+        newpw = tmp_path / "newpw"
+        newpw.write_text("alice's own\n")
+        proxy.clear()
+        res = victim.run(
+            "passwd",
+            "--new-password-file",
+            str(newpw),
+            check=False,
+            env={"STRONGROOM_PASSWORD": ADMIN_PASSWORD},
+        )
+        one_line_error(res, "open with the password the admin set")
+        assert "Login" in proxy.sent_types() and "SetKeyFile" not in proxy.sent_types()
+    assert row(server, "alice")["must_change_password"] == 1

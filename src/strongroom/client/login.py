@@ -17,7 +17,7 @@ from ..keys import KeyFile, RepoKeys, unlock, unwrap
 from ..protocol import messages as m
 from .config import AccountPin
 from .remote import Account, RemoteRepository, new_keyfile
-from .transport import FingerprintMismatch, Transport, parse_address
+from .transport import FingerprintMismatch, Transport, expect, parse_address
 
 PasswordSource = Callable[[], bytes]
 
@@ -62,8 +62,8 @@ def open_connection(target: Target, trust: Callable[[str, str], bool] | None) ->
                 "('strongroom-admin fingerprint') and pass it with --fingerprint or "
                 "STRONGROOM_FINGERPRINT, or run 'strongroom login'"
             )
-        welcome = transport.call(m.Hello(m.PROTOCOL_VERSION, f"strongroom {__version__}"), 30)
-        assert isinstance(welcome, m.Welcome)
+        hello = m.Hello(m.PROTOCOL_VERSION, f"strongroom {__version__}")
+        expect(transport.call(hello, 30), m.Welcome, "HELLO")
     except BaseException:
         transport.close()
         raise
@@ -85,16 +85,14 @@ def login(
     `pin` is what this computer remembers of the account (client.json); it is checked before
     anything derived from the password is sent, and updated in place after a good login."""
     pin = pin if pin is not None else AccountPin()
-    params = transport.call(m.AuthParamsRequest(user), 30)
-    assert isinstance(params, m.AuthParams)
+    params = expect(transport.call(m.AuthParamsRequest(user), 30), m.AuthParams, "the login")
     kdf = crypto.KdfParams(params.memory_kib, params.iterations, params.lanes)
     check_kdf(kdf, pin, transport.address)
     try:
         pk = crypto.split_master(crypto.derive_master(password, params.salt, kdf))
     except IntegrityError:
         raise StrongroomError(f"server {transport.address} sent invalid login parameters") from None
-    answer = transport.call(m.Login(user, pk.auth_key), 60)
-    assert isinstance(answer, m.LoginOk)
+    answer = expect(transport.call(m.Login(user, pk.auth_key), 60), m.LoginOk, "the login")
     wrap_kdf = _strongest(kdf, pin)
     account = Account(
         user=user,

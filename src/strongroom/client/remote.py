@@ -22,7 +22,7 @@ from ..errors import IntegrityError
 from ..keys import RepoKeys, create_keyfile
 from ..protocol import messages as m
 from ..store import SnapshotRow
-from .transport import Transport
+from .transport import Transport, expect
 
 BATCH_BYTES = 4 * 1024 * 1024
 MAX_IN_FLIGHT = 8
@@ -75,8 +75,7 @@ class RemoteRepository:
         ]
         out: set[bytes] = set()
         for fut in futures:
-            answer = fut.result()
-            assert isinstance(answer, m.Ids)
+            answer = expect(fut.result(), m.Ids, "a HAVE request")
             out.update(answer.ids)
         return out
 
@@ -168,8 +167,7 @@ class RemoteRepository:
         answer.check_count()
 
     def storage_problems(self) -> list[str]:
-        answer = self.transport.call(m.CheckStorage())
-        assert isinstance(answer, m.Texts)
+        answer = expect(self.transport.call(m.CheckStorage()), m.Texts, "CHECK_STORAGE")
         return [f"server: {p}" for p in answer.items]
 
     def bytes_uploaded(self) -> int:
@@ -235,20 +233,22 @@ class RemoteRepository:
         return out
 
     def set_protected(self, snap_id: str, protected: bool) -> bool:
-        answer = self.transport.call(m.Protect(snap_id, int(protected)))
-        assert isinstance(answer, m.Ok)
+        answer = expect(self.transport.call(m.Protect(snap_id, int(protected))), m.Ok, "PROTECT")
         return bool(answer.value)
 
     def prune(self, *, dry_run: bool = False) -> dict[str, Any]:
         """Ask the server to collect this account's garbage now; returns its report."""
-        answer = self.transport.call(m.Prune(int(dry_run)))
-        assert isinstance(answer, m.Json)
-        report: dict[str, Any] = json.loads(answer.text)
+        answer = expect(self.transport.call(m.Prune(int(dry_run))), m.Json, "PRUNE")
+        try:
+            report: Any = json.loads(answer.text)
+        except ValueError:
+            report = None
+        if not isinstance(report, dict):
+            raise IntegrityError("server sent a wrong answer to PRUNE: not a JSON object")
         return report
 
     def delete_snapshot(self, snap_id: str) -> bool:
-        answer = self.transport.call(m.DeleteSnapshot(snap_id))
-        assert isinstance(answer, m.Ok)
+        answer = expect(self.transport.call(m.DeleteSnapshot(snap_id)), m.Ok, "DELETE_SNAPSHOT")
         return bool(answer.value)
 
     # ---- account ----------------------------------------------------------------------------

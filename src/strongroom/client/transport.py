@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import StrongroomError, UsageError, WrongPasswordError
+from ..errors import IntegrityError, StrongroomError, UsageError, WrongPasswordError
 from ..fingerprint import fingerprint_of_der
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
@@ -63,6 +63,17 @@ class _Stream:
         default_factory=lambda: queue.Queue(_STREAM_QUEUE)
     )
     abandoned: bool = False
+
+
+M = TypeVar("M", bound=m.Message)
+
+
+def expect(answer: m.Message, kind: type[M], what: str) -> M:
+    """The server's answer if it is of the kind the request calls for; a server that answers
+    with something else is not trusted with an assert (it may be hostile)."""
+    if not isinstance(answer, kind):
+        raise IntegrityError(f"server sent a wrong answer to {what}: {m.describe(answer)}")
+    return answer
 
 
 def parse_address(text: str, default_port: int = 44000) -> tuple[str, int]:
