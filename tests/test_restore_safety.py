@@ -922,3 +922,38 @@ def test_restore_again_over_a_folder_without_read_permission(cli: Cli, tmp_path:
         assert res.returncode == 0, (attempt, res.stderr)
         assert "warning" not in res.stderr, (attempt, res.stderr)
     assert tree_state(target / "src") == tree_state(src)
+
+
+def owners_of(root: Path) -> dict[Path, tuple[int, int]]:
+    return {p.relative_to(root): (p.lstat().st_uid, p.lstat().st_gid) for p in root.rglob("*")}
+
+
+def test_round_trip_and_restore_again_in_both_modes(cli: Cli, tmp_path: Path) -> None:
+    """The descriptor code and the full-path fallback restore the same tree exactly, twice."""
+    src = tmp_path / "src"
+    (src / "a" / "b" / "c").mkdir(parents=True)
+    (src / "a" / "b" / "c" / "deep.txt").write_bytes(b"deep")
+    (src / "a" / "empty").write_bytes(b"")
+    (src / "a" / "big").write_bytes(os.urandom(3_000_000))
+    os.link(src / "a" / "big", src / "a" / "b" / "big-link")
+    os.symlink("../a/b", src / "a" / "up")
+    os.mkfifo(src / "a" / "pipe")
+    (src / "a" / "ro").write_bytes(b"read only")
+    (src / "a" / "ro").chmod(0o444)
+    (src / "a" / "b").chmod(0o555)
+    os.utime(src / "a", ns=(10**18, 10**18))
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        os.chown(src / "a" / "b" / "c" / "deep.txt", 1234, 5678)
+        os.chown(src / "a" / "up", 4321, 8765, follow_symlinks=False)
+    try:
+        cli.backup(src)
+        target = tmp_path / "out"
+        for attempt in range(2):
+            res = cli.run("restore", "latest", "--target", str(target), check=False)
+            assert res.returncode == 0, (attempt, res.stderr)
+            assert tree_state(target / "src") == tree_state(src), attempt
+            assert owners_of(target / "src") == owners_of(src), attempt
+            restored = target / "src" / "a"
+            assert (restored / "big").stat().st_ino == (restored / "b" / "big-link").stat().st_ino
+    finally:
+        (src / "a" / "b").chmod(0o755)

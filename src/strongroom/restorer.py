@@ -439,13 +439,13 @@ class Restorer:
     def _refuse_foreign(self, path: str, st: os.stat_result) -> None:
         # The owner of an existing folder can swap what is in it for links while the restore
         # runs (root restoring into other users' folders). Descriptors keep writes out of those
-        # links, but names are still used for hard links, symlinks and devices: only with
-        # consent. Root's own folders are no risk to anyone.
+        # links, but links, FIFOs, devices and hard links are still made and chowned by name:
+        # only with consent. A folder of root's can only be changed by root, who is trusted.
         if self._euid is None or self.allow_foreign_owners or st.st_uid in (self._euid, 0):
             return
         raise StrongroomError(
             f"{path} already exists and is owned by another user (uid {st.st_uid}), who could "
-            "swap it for a link during the restore; restore elsewhere, or give "
+            "swap what is in it for links during the restore; restore elsewhere, or give "
             "--allow-foreign-owners to restore into it anyway"
         )
 
