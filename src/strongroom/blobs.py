@@ -29,10 +29,13 @@ _ZSTD = 1  # unpadded, read only
 _RAW_PADDED = 2
 _ZSTD_PADDED = 3
 _PADDED_HEADER = struct.Struct("<BI")  # flag, number of zero bytes after the payload
+_HEADER_SIZE = _PADDED_HEADER.size
+_PAD_LEN = struct.Struct("<I")  # the header's second field, read at offset 1
 # Everything stored besides the payload and the padding.
-OVERHEAD = crypto.NONCE_SIZE + _PADDED_HEADER.size + crypto.TAG_SIZE
+OVERHEAD = crypto.NONCE_SIZE + _HEADER_SIZE + crypto.TAG_SIZE
 # Zero bytes to pad from without allocating (a blob under 32 MiB needs less than 512 KiB).
-_ZEROS = memoryview(bytes(1 << 19))
+_ZEROS_SIZE = 1 << 19
+_ZEROS = memoryview(bytes(_ZEROS_SIZE))
 
 
 class BlobType(IntEnum):
@@ -46,7 +49,7 @@ def stored_size(payload_len: int) -> int:
 
 
 def _zeros(n: int) -> memoryview | bytes:
-    return _ZEROS[:n] if n <= len(_ZEROS) else bytes(n)
+    return _ZEROS[:n] if n <= _ZEROS_SIZE else bytes(n)
 
 
 class BlobCodec:
@@ -82,18 +85,18 @@ class BlobCodec:
             raise IntegrityError(f"{what} is empty")
         flag = body[0]
         if _RAW_PADDED <= flag <= _ZSTD_PADDED:
-            if len(body) < _PADDED_HEADER.size:
+            if len(body) < _HEADER_SIZE:
                 raise IntegrityError(f"{what} has a truncated padding header")
-            pad = _PADDED_HEADER.unpack_from(body)[1]
+            pad = _PAD_LEN.unpack_from(body, 1)[0]
             end = len(body) - pad
-            if end < _PADDED_HEADER.size:
+            if end < _HEADER_SIZE:
                 raise IntegrityError(f"{what} declares more padding than it holds")
-            if pad and not body.endswith(_zeros(pad)):
+            if pad and not body.endswith(_ZEROS[:pad] if pad <= _ZEROS_SIZE else bytes(pad)):
                 raise IntegrityError(f"{what} has malformed padding")
             if flag == _RAW_PADDED:
-                plain = body[_PADDED_HEADER.size : end]
+                plain = body[_HEADER_SIZE:end]
             else:
-                plain = self._decompress(memoryview(body)[_PADDED_HEADER.size : end], what)
+                plain = self._decompress(memoryview(body)[_HEADER_SIZE:end], what)
         elif flag == _RAW:
             plain = body[1:]
         elif flag == _ZSTD:
