@@ -678,15 +678,20 @@ def test_blob_not_asked_for_fails_restore(
     assert "not asked for" in res.stderr
 
 
-@pytest.mark.parametrize("tamper", ["drop", "repeat", "extra"])
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [("drop", "restore incomplete"), ("repeat", "twice"), ("extra", "not asked for")],
+)
 def test_restorer_raises_integrity_error_for_any_repository(
-    cli: Cli, tmp_path: Path, tamper: str
+    cli: Cli, tmp_path: Path, tamper: str, message: str
 ) -> None:
     """The check lives in the restorer, so it holds for any Repository implementation."""
-    snap_id, data_ids, _trees = small_tree(Forge(cli))
+    f = Forge(cli)
+    stray = f.data(b"a valid blob of this repository, not in the snapshot")
+    snap_id, data_ids, _trees = small_tree(f)
     repo = LocalRepository.open(cli.repo, PASSWORD.encode())
     original = repo.read_blobs
-    extra = (b"\x01" * 32, b"junk")
+    extra = next(iter(original([stray.blob_id])))
 
     def read_blobs(blob_ids: Iterable[bytes]) -> BlobStream:
         items = list(original(blob_ids))
@@ -704,7 +709,7 @@ def test_restorer_raises_integrity_error_for_any_repository(
     repo.read_blobs = read_blobs  # type: ignore[method-assign]
     snap = next(s for s in load_snapshots(repo) if s.id == snap_id)
     try:
-        with pytest.raises(IntegrityError):
+        with pytest.raises(IntegrityError, match=message):
             Restorer(repo).restore(snap, str(tmp_path / "out"))
     finally:
         repo.close()
@@ -738,7 +743,7 @@ def wait_for_piece(path: Path, pos: int, piece: bytes) -> None:
         time.sleep(0.001)
 
 
-@pytest.mark.parametrize("cache", [restorer.__dict__.get("_DIR_FD_CACHE", 256), 1])
+@pytest.mark.parametrize("cache", [256, 1])  # the default, and a miss on every reopen
 @pytest.mark.parametrize("how", ["moved", "removed"])
 @pytest.mark.parametrize("when", ["before_writes", "between_blobs"])
 def test_folder_swapped_for_link_during_restore(
