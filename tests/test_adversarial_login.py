@@ -24,12 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORD, Result
+from conftest import PASSWORD
 from hostile_server import ProxiedCli, Request, Rewrite, serve_proxy
 from netfixtures import ADMIN_PASSWORD, NetCli, Server
 from strongroom import crypto, keys
 from strongroom.protocol import messages as m
 from strongroom.server.throttle import FailureThrottle, LoginRefused, address_group
+from test_network_crash import one_line_error
 from test_server_hostile import (
     HOST,
     IO_TIMEOUT,
@@ -43,17 +44,6 @@ from test_server_hostile import (
 pytestmark = pytest.mark.timeout(180)
 
 SECURE = {"STRONGROOM_INSECURE_TEST_KDF": ""}  # the client's real floor: 64 MiB, 3 passes
-
-
-def one_line_error(res: Result, *needles: str) -> str:
-    context = f"exit {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}"
-    assert res.returncode == 1, context
-    assert "Traceback" not in res.stderr, context
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("strongroom: error: "), context
-    for needle in needles:
-        assert needle in lines[0], context
-    return lines[0]
 
 
 def users_db(server: Server) -> sqlite3.Connection:
@@ -104,24 +94,32 @@ def test_a_weak_kdf_from_the_server_is_refused_before_anything_is_sent(
     assert_no_tracebacks(server)
 
 
-def test_a_cost_lower_than_last_time_is_refused(server: Server, tmp_path: Path) -> None:
-    # The admin makes the account at full cost (no test knob) and the user logs in with the
-    # real floor: this computer remembers 64 MiB / 3 passes for the account.
-    secure_admin = {"STRONGROOM_INSECURE_TEST_KDF": ""}
-    server.env.update(secure_admin)
+def full_cost_account(
+    server: Server, name: str, tmp_path: Path, client_env: dict[str, str]
+) -> NetCli:
+    """An account the admin made at the full cost (no test knob), whose owner then chose their
+    own password with a client in `client_env`."""
+    server.env["STRONGROOM_INSECURE_TEST_KDF"] = ""
     try:
-        server.admin("user", "add", "erin", "--password-stdin", input=ADMIN_PASSWORD + "\n")
+        server.admin("user", "add", name, "--password-stdin", input=ADMIN_PASSWORD + "\n")
     finally:
         server.env["STRONGROOM_INSECURE_TEST_KDF"] = "1"
-    erin = NetCli(tmp_path / "client-erin", server, "erin", PASSWORD)
-    newpw = tmp_path / "newpw"
+    cli = NetCli(tmp_path / f"client-{name}", server, name, PASSWORD)
+    newpw = tmp_path / f"newpw-{name}"
     newpw.write_text(PASSWORD + "\n")
-    erin.run(
+    cli.run(
         "passwd",
         "--new-password-file",
         str(newpw),
-        env={**SECURE, "STRONGROOM_PASSWORD": ADMIN_PASSWORD},
+        env={**client_env, "STRONGROOM_PASSWORD": ADMIN_PASSWORD},
     )
+    return cli
+
+
+def test_a_cost_lower_than_last_time_is_refused(server: Server, tmp_path: Path) -> None:
+    # The admin makes the account at full cost (no test knob) and the user logs in with the
+    # real floor: this computer remembers 64 MiB / 3 passes for the account.
+    erin = full_cost_account(server, "erin", tmp_path, SECURE)
     assert row(server, "erin")["kdf_memory_kib"] == 65536
     # Then the server (its admin, with the old knob) lowers the cost; even a client whose own
     # floor is lower refuses, because it remembers what this account used.
@@ -136,20 +134,9 @@ def test_a_cost_lower_than_last_time_is_refused(server: Server, tmp_path: Path) 
 
 
 def test_key_files_are_wrapped_with_the_clients_own_cost(server: Server, tmp_path: Path) -> None:
-    """The key file the client sends at the forced change uses its floor, not the server's."""
-    # The server asks for the full cost (an admin without the test knob).
-    server.env.update({"STRONGROOM_INSECURE_TEST_KDF": ""})
-    try:
-        server.admin("user", "add", "fred", "--password-stdin", input=ADMIN_PASSWORD + "\n")
-    finally:
-        server.env["STRONGROOM_INSECURE_TEST_KDF"] = "1"
-    fred = NetCli(tmp_path / "client-fred", server, "fred", PASSWORD)
-    newpw = tmp_path / "newpw"
-    newpw.write_text(PASSWORD + "\n")
-    # Even with the test floor (1 MiB), the client never wraps below what the server asked.
-    fred.run(
-        "passwd", "--new-password-file", str(newpw), env={"STRONGROOM_PASSWORD": ADMIN_PASSWORD}
-    )
+    """The key file the client sends at the forced change is never cheaper than the cost the
+    server asked for, even with the client's test floor (1 MiB)."""
+    full_cost_account(server, "fred", tmp_path, {})
     keyfile = json.loads(bytes(row(server, "fred")["keyfile"]))  # type: ignore[arg-type]
     assert (keyfile["memory_kib"], keyfile["iterations"]) == (65536, 3)
 
