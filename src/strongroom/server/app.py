@@ -69,9 +69,12 @@ class ServerContext:
         """End every session of the user but `keep` (on the loop's thread) and wait, at most
         `wait` seconds, until they have let go of the user's storage."""
         ending = [s for s in self.sessions.get(user_id, set()) if s is not keep]
-        tasks = [t for t in (s.end(reason) for s in ending) if t is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=wait)
+        released = [s.end(reason) for s in ending]
+        if released and wait > 0:
+            waiting = [asyncio.create_task(event.wait()) for event in released]
+            _done, pending = await asyncio.wait(waiting, timeout=wait)
+            for task in pending:
+                task.cancel()
         return len(ending)
 
 

@@ -96,6 +96,7 @@ class Session:
         self.admin_password_login = False
         self.task: asyncio.Task[Any] | None = None
         self.ended: str | None = None  # why end() was called
+        self.released = asyncio.Event()  # set once this session let go of the user's storage
         self._busy: asyncio.Future[Any] | None = None  # storage work running in a thread
 
     # ---- connection loop --------------------------------------------------------------------
@@ -163,14 +164,15 @@ class Session:
         with contextlib.suppress(OSError, ConnectionError, TimeoutError, RuntimeError):
             await asyncio.wait_for(self._send(msg, request_id), 5)
 
-    def end(self, reason: str) -> asyncio.Task[Any] | None:
+    def end(self, reason: str) -> asyncio.Event:
         """End this session from outside (an account change): it answers SESSION_ENDED and
-        closes; storage work already running in a thread finishes first (see _cleanup)."""
+        closes; storage work already running in a thread finishes first (see _cleanup). The
+        event is set once the session has let go of the user's storage."""
         if self.ended is None:
             self.ended = reason
             if self.task is not None:
                 self.task.cancel()
-        return self.task
+        return self.released
 
     async def _cleanup(self, reason: str) -> None:
         self.manifest.close()
@@ -186,6 +188,7 @@ class Session:
         if self.store is not None and self.user is not None:
             self.store = None
             await asyncio.to_thread(self.ctx.stores.release, self.user.storage_id, self)
+        self.released.set()
         self.writer.close()
         with contextlib.suppress(OSError, ConnectionError, TimeoutError, RuntimeError):
             try:
@@ -431,7 +434,7 @@ class Session:
         self.admin_password_login = False
         self.state.phase = Phase.READY
         log.info("%s: user %r changed their password", self.address, user.name)
-        ended = await self.ctx.end_sessions(user.id, ACCOUNT_CHANGED, keep=self)
+        ended = await self.ctx.end_sessions(user.id, ACCOUNT_CHANGED, keep=self, wait=0)
         if ended:
             log.info("%s: ended %d other session(s) of user %r", self.address, ended, user.name)
         await self._send(m.Ok(), rid)
