@@ -62,6 +62,14 @@ def test_tiny_blobs_index_rows_and_records_count_against_the_quota(
     # Refused while the bytes alone were a third of the quota: the index rows count too.
     assert stored * 29 < quota / 2
     assert stored * (29 + BLOB_CHARGE) <= quota
+    # `usage` shows what the quota counts, beside the bytes in packs.
+    deadline = time.monotonic() + 30
+    while True:  # the store writes out what it buffered when the last session ends
+        (row,) = [r for r in server.admin("usage", "--json").json() if r["name"] == "alice"]
+        if row["stored_bytes"] >= stored * 29 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert row["quota_used_bytes"] >= row["stored_bytes"] + stored * BLOB_CHARGE
     assert_no_tracebacks(server)
 
 

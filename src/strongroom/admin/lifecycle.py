@@ -17,7 +17,7 @@ from ..errors import EXIT_ERROR, StrongroomError, UsageError
 from ..retention import Policy
 from ..server.control import ask_server, retain
 from ..server.policy import policy_for
-from ..server.stores import UserStore
+from ..server.stores import UserStore, metadata_charge
 from ..server.userdb import User
 from ..store import PackStore
 from ..store.gc import collect_garbage, unreferenced
@@ -109,14 +109,15 @@ def _report(results: dict[str, dict[str, Any]], dry_run: bool, as_json: bool) ->
 @click.option("--json", "as_json", is_flag=True)
 @pass_admin
 def usage(admin: Admin, as_json: bool) -> None:
-    """Per user: stored bytes, quota, snapshots, last backup, reclaimable bytes."""
+    """Per user: stored bytes, quota and what it counts, snapshots, last backup, reclaimable."""
     rows: list[dict[str, Any]] = []
     for user in admin.db.list():
-        stored = snapshots = reclaimable = 0
+        stored = snapshots = reclaimable = charged = 0
         store = _open_store(admin, user, writer=False)
         if store is not None:
             try:
                 stored = store.stored_bytes()
+                charged = stored + metadata_charge(store)
                 snapshots = len(store.list_snapshots())
                 reclaimable = unreferenced(store)[1]
             finally:
@@ -126,6 +127,7 @@ def usage(admin: Admin, as_json: bool) -> None:
                 "name": user.name,
                 "stored_bytes": stored,
                 "quota": user.quota,
+                "quota_used_bytes": charged,
                 "snapshots": snapshots,
                 "last_backup_ns": user.last_backup_ns,
                 "last_backup_result": user.last_backup_result,
@@ -154,7 +156,7 @@ def usage(admin: Admin, as_json: bool) -> None:
             Text(r["name"]),
             Text(fmt.size(r["stored_bytes"])),
             Text(fmt.size(quota) if quota else "none"),
-            Text(f"{100 * r['stored_bytes'] / quota:.0f}%" if quota else ""),
+            Text(f"{100 * r['quota_used_bytes'] / quota:.0f}%" if quota else ""),
             Text(str(r["snapshots"])),
             Text(last),
             Text(fmt.size(r["reclaimable_bytes"])),

@@ -36,6 +36,18 @@ class SnapshotLimit(StrongroomError):
     pass
 
 
+def metadata_charge(store: PackStore) -> int:
+    """What the quota charges for a store's index: its blob rows, snapshot rows and records,
+    and manifest rows (counted; used by the server's quota and the admin's `usage`)."""
+    row = store.query(
+        "SELECT (SELECT COUNT(*) FROM blobs), (SELECT COUNT(*) FROM snapshots), "
+        "(SELECT COALESCE(SUM(LENGTH(record)), 0) FROM snapshots), "
+        "(SELECT COUNT(*) FROM snapshot_blobs)"
+    )[0]
+    blobs, snapshots, records, refs = (int(v) for v in row)
+    return blobs * BLOB_CHARGE + snapshots * SNAPSHOT_CHARGE + records + refs * MANIFEST_REF_CHARGE
+
+
 def retention_candidates(rows: list[SnapshotRow], user: User) -> list[Candidate]:
     """The times the server's policy judges by. An append-only account's snapshots count from
     when the server received them: a client holding its password cannot date forged snapshots
@@ -132,15 +144,7 @@ class UserStore:
         self._metadata = None
 
     def _count_metadata(self) -> int:
-        row = self.store.query(
-            "SELECT (SELECT COUNT(*) FROM blobs), (SELECT COUNT(*) FROM snapshots), "
-            "(SELECT COALESCE(SUM(LENGTH(record)), 0) FROM snapshots), "
-            "(SELECT COUNT(*) FROM snapshot_blobs)"
-        )[0]
-        blobs, snapshots, records, refs = (int(v) for v in row)
-        return (
-            blobs * BLOB_CHARGE + snapshots * SNAPSHOT_CHARGE + records + refs * MANIFEST_REF_CHARGE
-        )
+        return metadata_charge(self.store)
 
     def commit(
         self,
