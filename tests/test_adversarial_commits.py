@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -33,7 +34,13 @@ from strongroom.server.userdb import User
 from strongroom.snapshot import Snapshot, new_snapshot_id, seal_snapshot
 from strongroom.store import SnapshotRow
 from test_network_crash import file_state
-from test_server_hostile import assert_no_tracebacks, connect, is_error, list_snapshots
+from test_server_hostile import (
+    assert_no_tracebacks,
+    connect,
+    is_error,
+    list_snapshots,
+    storage_index,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -299,3 +306,50 @@ def test_retention_times_and_window_on_rows() -> None:
     assert kept(_user(True, 40 * 86400)) == {r.snap_id for r in rows}
     # Other accounts: the client's time, but never after the time it was received.
     assert kept(_user(False, 0)) == {"genuine-new", "forged-future"}
+
+
+def test_backdated_forgeries_cannot_take_the_calendar_of_genuine_snapshots(tmp_path: Path) -> None:
+    """No protection window here: the server's own clock alone keeps the calendar. Genuine
+    snapshots received on three earlier days (their received times set in the stopped server's
+    index, as if the days had passed); the attacker commits forgeries dated late on each of
+    those days. Judged by the client's time they would take every day's bucket; judged by when
+    the server received them they all fall on today, and the genuine days stay."""
+    server = Server(tmp_path / "server-data").start()
+    try:
+        alice = server.add_user("alice", tmp_path)
+        states = genuine_history(alice, tmp_path, 3)
+        genuine = list(states)
+        index = storage_index(server, "alice")
+        server.stop()
+        today = time.time_ns() // DAY_NS * DAY_NS
+        db = sqlite3.connect(index)
+        for days_ago, snap in zip((3, 2, 1), genuine, strict=True):
+            noon = today - days_ago * DAY_NS + 12 * HOUR_NS
+            db.execute(
+                "UPDATE snapshots SET time_ns = ?, received_ns = ? WHERE snap_id = ?",
+                (noon, noon, snap),
+            )
+        db.commit()
+        db.close()
+        server.start()
+        # The policy from now on (set earlier, it would have thinned today's genuine backups).
+        server.admin(
+            "user", "set", "alice", "--append-only", "--protection-window", "0",
+            "--keep-daily", "4",
+        )  # fmt: skip
+        repo = attacker_session(server, "alice")
+        try:
+            series = repo.snapshot_rows()[0].series
+            root = minimal_root(repo)
+            for days_ago in (3, 2, 1):
+                late = today - days_ago * DAY_NS + 23 * HOUR_NS
+                forge(repo, root, late, series)
+        finally:
+            repo.close()
+        wait_policy_ran(server, 6)
+        left = set(list_snapshots_of(server, "alice"))
+        assert set(genuine) <= left, "a backdated forgery took a genuine snapshot's day"
+        assert len(left) == 4  # the three genuine days and one of today's forgeries
+        assert_every_genuine_restores(alice, states, tmp_path)
+    finally:
+        server.kill()

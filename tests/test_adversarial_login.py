@@ -29,6 +29,7 @@ from hostile_server import ProxiedCli, Request, Rewrite, serve_proxy
 from netfixtures import ADMIN_PASSWORD, NetCli, Server
 from strongroom import crypto, keys
 from strongroom.protocol import messages as m
+from strongroom.server.accounts import login_material
 from strongroom.server.throttle import FailureThrottle, LoginRefused, address_group
 from test_network_crash import one_line_error
 from test_server_hostile import (
@@ -121,10 +122,16 @@ def test_a_cost_lower_than_last_time_is_refused(server: Server, tmp_path: Path) 
     # real floor: this computer remembers 64 MiB / 3 passes for the account.
     erin = full_cost_account(server, "erin", tmp_path, SECURE)
     assert row(server, "erin")["kdf_memory_kib"] == 65536
-    # Then the server (its admin, with the old knob) lowers the cost; even a client whose own
-    # floor is lower refuses, because it remembers what this account used.
+    # A routine admin reset keeps the account's cost (even with the test knob on the admin).
     server.admin("user", "passwd", "erin", "--password-stdin", input=ADMIN_PASSWORD + "\n")
-    assert row(server, "erin")["kdf_memory_kib"] == 1024
+    assert row(server, "erin")["kdf_memory_kib"] == 65536
+    # A compromised server lowers the cost (a new salt and verifier at 1 MiB, 1 pass): even a
+    # client whose own floor is lower refuses, because it remembers what this account used.
+    cheap = crypto.KdfParams(memory_kib=1024, iterations=1)
+    salt, verifier = login_material(ADMIN_PASSWORD.encode(), cheap)
+    set_columns(
+        server, "erin", salt=salt, kdf_memory_kib=1024, kdf_iterations=1, auth_hash=verifier
+    )
     before = logins_logged(server, "erin")
     res = erin.run("snapshots", check=False, env={"STRONGROOM_PASSWORD": ADMIN_PASSWORD})
     one_line_error(res, "weaker password hashing than at your last login", "--accept-new-keys")
@@ -419,9 +426,11 @@ def test_own_account_success_does_not_reset_the_address(
     with connect(server) as raw:
         mine = raw.auth_key("mallory", "mallory's password")
     codes = []
-    for _ in range(6):
+    for i in range(6):
         codes.append(_login_at(server, "alice", wrong))
-        assert isinstance(_login_at(server, "mallory", mine), m.LoginOk | m.Error)
+        ok = _login_at(server, "mallory", mine)
+        if i < 5:  # succeeds between the guesses (the 6th failure has locked the address)
+            assert isinstance(ok, m.LoginOk), ok
     # The 6 failures from this address locked it, although mallory's logins succeeded
     # between them (before, each success wiped the address's count).
     locked = _login_at(server, "mallory", mine)
@@ -525,7 +534,10 @@ def test_throttle_rules() -> None:
         assert second.value.retry_after > 0.3
 
     asyncio.run(scenario())
-    assert address_group("2001:db8::1") == address_group("2001:db8::ffff") == "2001:db8::/64"
+    asyncio.run(_escalation_outlives_the_quiet_period())
+    asyncio.run(_the_owner_at_a_known_address_is_not_locked_out())
+    asyncio.run(_a_flood_of_names_does_not_evict_a_lockout())
+    assert address_group("2001:db8::1") == address_group("2001:db8:0:ff::1") == "2001:db8::/56"
     assert address_group("::ffff:10.1.2.3") == "10.1.2.3"
     assert address_group("10.1.2.3") != address_group("10.1.2.4")
 
@@ -546,6 +558,16 @@ def test_proxy_weak_kdf_gets_no_login(server: Server, alice: NetCli) -> None:
         assert proxy.connections, "the client never connected"
         sent = proxy.sent_types()
         assert "AuthParamsRequest" in sent and "Login" not in sent, sent
+
+    def inflate(msg: m.Message, request: Request | None) -> list[m.Message | bytes]:
+        if isinstance(msg, m.AuthParams):  # 4 GiB: out of reach of the user's small machines
+            return [dataclasses.replace(msg, memory_kib=4 * 1024 * 1024)]
+        return [msg]
+
+    with serve_proxy(server, Rewrite(on_response=inflate)) as proxy:
+        res = ProxiedCli(alice, proxy).run("snapshots", check=False)
+        one_line_error(res, "more expensive password hashing")
+        assert "Login" not in proxy.sent_types()
 
 
 def test_proxy_planted_and_swapped_keys(server: Server, alice: NetCli, tmp_path: Path) -> None:
@@ -591,3 +613,49 @@ def test_proxy_planted_and_swapped_keys(server: Server, alice: NetCli, tmp_path:
         one_line_error(res, "open with the password the admin set")
         assert "Login" in proxy.sent_types() and "SetKeyFile" not in proxy.sent_types()
     assert row(server, "alice")["must_change_password"] == 1
+
+
+async def _fail(t: FailureThrottle, user: str, address: str) -> None:
+    async with t.attempt(user, address) as a:
+        a.failed()
+
+
+async def _escalation_outlives_the_quiet_period() -> None:
+    # Counts are forgotten after 0.05 s of quiet, but not those of a key that was locked:
+    # its next lockout is twice as long, not the first one again.
+    t = FailureThrottle(
+        base_delay=0.0, forget_after=0.05, lockout_after=2, lockout_base=0.1, lockout_max=10
+    )
+    for _ in range(2):
+        await _fail(t, "alice", "10.0.0.1")
+    await asyncio.sleep(0.2)  # the 0.1 s lockout ended, and 0.05 s of quiet passed
+    for _ in range(2):
+        await _fail(t, "alice", "10.0.0.1")
+    with pytest.raises(LoginRefused) as err:
+        async with t.attempt("alice", "10.0.0.2"):
+            pass
+    assert err.value.retry_after > 0.15
+
+
+async def _the_owner_at_a_known_address_is_not_locked_out() -> None:
+    t = FailureThrottle(base_delay=0.0, lockout_after=4, lockout_base=30)
+    async with t.attempt("alice", "10.0.0.1") as a:  # the owner logs in from home
+        a.succeeded()
+    for i in range(4):  # a stranger guesses at the name from elsewhere: alice is locked
+        await _fail(t, "alice", f"10.9.9.{i}")
+    with pytest.raises(LoginRefused):
+        async with t.attempt("alice", "10.0.0.2"):
+            pass
+    async with t.attempt("alice", "10.0.0.1") as a:  # ...but not for her at home
+        a.succeeded()
+
+
+async def _a_flood_of_names_does_not_evict_a_lockout() -> None:
+    t = FailureThrottle(base_delay=0.0, lockout_after=2, lockout_base=30, max_entries=4)
+    for _ in range(2):
+        await _fail(t, "alice", "10.0.0.1")
+    for i in range(20):  # fresh names from fresh addresses fill the table
+        await _fail(t, f"user{i}", f"10.1.0.{i}")
+    with pytest.raises(LoginRefused):
+        async with t.attempt("alice", "10.0.0.7"):
+            pass

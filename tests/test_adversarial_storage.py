@@ -38,6 +38,16 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def open_files(pid: int) -> list[str]:
+    out = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            out.append(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            continue
+    return out
+
+
 def test_tiny_blobs_index_rows_and_records_count_against_the_quota(
     server: Server, tmp_path: Path
 ) -> None:
@@ -118,8 +128,16 @@ def test_a_huge_pending_manifest_does_not_live_in_server_memory(
     grown_mib = (peak - before) / 1024
     # The README states: a connection holds at most one frame and its decoded copy in memory.
     assert grown_mib < 64, f"server memory grew {grown_mib:.0f} MiB for a staged manifest"
-    # No temporary file is left behind (they have no name from the start).
-    assert not any(p.name.startswith("manifest-") for p in server.data_dir.iterdir())
+    # Nothing staged is left on disk: the server holds no manifest file open any more.
+    assert server.proc is not None
+    deadline = time.monotonic() + 10
+    while any(
+        # an anonymous temporary file in the data folder (O_TMPFILE: "…/#123 (deleted)")
+        str(server.data_dir) in link and link.endswith("(deleted)")
+        for link in open_files(pid)
+    ):
+        assert time.monotonic() < deadline, "a staged manifest file is still open"
+        time.sleep(0.1)
     assert_no_tracebacks(server)
 
 
@@ -194,10 +212,37 @@ def test_the_client_cache_is_private(server: Server, alice: NetCli, tmp_path: Pa
     src = tmp_path / "src"
     src.mkdir()
     (src / "a secret file name.txt").write_text("x")
-    alice.cache.mkdir(mode=0o755)  # an older cache folder, readable by others
+    # An older cache folder of this account, readable by others, is tightened; the base folder
+    # is the user's choice (it could be /tmp) and is left as it is.
+    account_cache = alice.cache / storage_dir(server, "alice").name
+    account_cache.mkdir(parents=True)
     os.chmod(alice.cache, 0o755)
+    os.chmod(account_cache, 0o755)
     alice.backup(src)
-    for path in [alice.cache, *alice.cache.rglob("*")]:
+    assert stat.S_IMODE(alice.cache.stat().st_mode) == 0o755
+    for path in [account_cache, *account_cache.rglob("*")]:
         mode = stat.S_IMODE(path.lstat().st_mode)
         wanted = 0o700 if path.is_dir() else 0o600
         assert mode & ~wanted == 0, f"{path} has mode {mode:o}"
+    # A cache made from scratch is private from the top.
+    fresh = tmp_path / "fresh-cache"
+    alice.run("backup", str(src), env={"STRONGROOM_CACHE_DIR": str(fresh)})
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+
+
+def test_staged_manifests_are_bounded_per_account_and_by_the_quota(
+    server: Server, tmp_path: Path
+) -> None:
+    """Staged manifests are server disk: an account's connections together may stage at most
+    one largest manifest, and no more than its quota."""
+    server.add_user("alice", tmp_path, extra=("--quota", "1M"))
+    part = [os.urandom(32) for _ in range(16384)]  # 512 KiB of IDs
+    with connect(server, "alice") as one, connect(server, "alice") as two:
+        assert one.call(m.ManifestPart(part)) == m.Ok(16384)
+        # The second connection would take the account past its 1 MiB quota in staged IDs.
+        assert two.call(m.ManifestPart(part)) == m.Ok(16384)
+        two.send(m.ManifestPart(part))
+        assert [msg.code for _r, msg in two.until_closed()] == [m.ErrorCode.QUOTA_EXCEEDED]
+        # What the closed connection staged no longer counts: the first may stage again.
+        assert one.call(m.ManifestPart(part)) == m.Ok(2 * 16384)
+    assert_no_tracebacks(server)

@@ -61,9 +61,13 @@ class LocalCache:
     def __init__(self, repo_id: str, paths: list[str], root: Path | None = None) -> None:
         key = blake3.blake3("\0".join(sorted(paths)).encode("utf-8", "surrogatepass")).hexdigest()
         base = root or cache_root()
-        folder = base / repo_id
-        # Plain file names live here: the cache is private to the user (0700 / 0600).
-        _private_dir(base)
+        # The repository ID comes from the server: only its hash names a folder, so no value it
+        # sends can point the cache (and the chmod below) anywhere but inside `base`.
+        folder = base / _folder_name(repo_id)
+        # Plain file names live here: the cache is private to the user (0700 / 0600). The base
+        # folder may be the user's choice (STRONGROOM_CACHE_DIR=/tmp): created private, never
+        # changed.
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
         _private_dir(folder)
         self.path = folder / f"{key[:24]}.sqlite"
         _private_file(self.path)
@@ -180,6 +184,14 @@ class LocalCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _folder_name(repo_id: str) -> str:
+    """A repository's cache folder: its ID when that is plain hex (every strongroom repository
+    and server account), else a hash of it."""
+    if 16 <= len(repo_id) <= 64 and all(c in "0123456789abcdef" for c in repo_id):
+        return repo_id
+    return "x" + blake3.blake3(repo_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _private_dir(path: Path) -> None:

@@ -20,6 +20,7 @@ import click
 from .. import __version__
 from ..cli import format as fmt
 from ..cli.policy_options import policy_from, policy_options
+from ..crypto import KdfParams
 from ..errors import EXIT_ERROR, StrongroomError, UsageError
 from ..retention import Policy
 from ..server.accounts import add_user, login_material
@@ -188,7 +189,14 @@ def user_delete(admin: Admin, name: str, yes: bool, purge_data: bool) -> None:
 def user_passwd(admin: Admin, name: str, password_stdin: bool) -> None:
     """Reset NAME's password; they must choose a new one at their next login."""
     target = admin.existing(name)
-    kdf = default_kdf()
+    # Never cheaper than the account's present cost: its clients remember the strongest cost
+    # they logged in with and refuse less (a lower one is what a hostile server would ask).
+    floor = default_kdf()
+    kdf = KdfParams(
+        memory_kib=max(floor.memory_kib, target.kdf.memory_kib),
+        iterations=max(floor.iterations, target.kdf.iterations),
+        lanes=floor.lanes,
+    )
     password = read_new_password(target.name, password_stdin)
     salt, auth_hash = login_material(password, kdf)
     admin.db.set_login(target.id, salt=salt, kdf=kdf, auth_hash=auth_hash, must_change=True)
@@ -290,6 +298,24 @@ def fingerprint(admin: Admin, cert: Path | None) -> None:
         ensure_certificate(admin.datadir)
         cert = admin.datadir.cert_path
     click.echo(certificate_fingerprint(cert))
+
+
+@cli.command()
+@pass_admin
+def purge(admin: Admin) -> None:
+    """Remove the stored backups of users deleted with --purge-data that are still on disk
+    (a purge a crash or a busy server interrupted)."""
+    from ..server.control import storage_in_use
+    from ..server.purge import finish_purges
+
+    root = admin.datadir.root
+    pending = admin.db.pending_purges()
+    done = finish_purges(admin.datadir, admin.db, lambda sid: storage_in_use(root, sid))
+    left = len(pending) - len(done)
+    click.echo(
+        f"removed the storage of {len(done)} deleted user(s)"
+        + (f"; {left} still in use by the running server, try again later" if left else "")
+    )
 
 
 def user_json(u: User) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from ..cli import format as fmt
 from ..errors import StrongroomError, UsageError
 from ..server.accounts import add_user
 from ..server.config import default_kdf
-from ..server.control import end_sessions_now
+from ..server.control import end_sessions_now, storage_in_use
 from ..server.datadir import DataDir
 from ..server.purge import finish_purges
 from ..server.userdb import (
@@ -157,7 +157,9 @@ def delete_user(datadir: DataDir, db: UserDB, name: str, *, purge: bool) -> str:
         raise UsageError(f"no user {name}")
     # A running server ends the user's sessions now and closes their storage before any of
     # it is removed; the purge queue finishes the removal even after a crash (server/purge.py).
-    end_sessions_now(datadir.root, user.id, "this account was deleted")
+    released = end_sessions_now(
+        datadir.root, user.id, "this account was deleted", storage_id=user.storage_id
+    )
     path = datadir.storage_path(user.storage_id)
     if not purge:
         if path.exists():
@@ -166,7 +168,14 @@ def delete_user(datadir: DataDir, db: UserDB, name: str, *, purge: bool) -> str:
                 "(delete that folder to free the space)"
             )
         return f"user {user.name} deleted"
-    finish_purges(datadir, db)
+    if released is False:
+        # The server still works on the storage (a long GC): removing it under it is not
+        # safe. The purge stays queued; the next delete or server start finishes it.
+        return (
+            f"user {user.name} deleted; their stored backups will be removed once the server "
+            "lets go of them (at its next start, or with 'strongroom-admin purge')"
+        )
+    finish_purges(datadir, db, lambda sid: storage_in_use(datadir.root, sid))
     return f"user {user.name} deleted, with their stored backups"
 
 

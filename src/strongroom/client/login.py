@@ -93,6 +93,8 @@ def login(
     except IntegrityError:
         raise StrongroomError(f"server {transport.address} sent invalid login parameters") from None
     answer = expect(transport.call(m.Login(user, pk.auth_key), 60), m.LoginOk, "the login")
+    if not is_storage_id(answer.repo_id):
+        raise IntegrityError(f"server {transport.address} sent a malformed account ID")
     wrap_kdf = _strongest(kdf, pin)
     account = Account(
         user=user,
@@ -129,6 +131,15 @@ def login(
     return RemoteRepository(transport, keys, account)
 
 
+KDF_MAX_MEMORY_KIB = 1024 * 1024
+KDF_MAX_ITERATIONS = 16
+
+
+def is_storage_id(text: str) -> bool:
+    """A server account's repository ID: 32 lowercase hex digits (server/datadir.py)."""
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
 class UnsafeServer(StrongroomError):
     """The server asked for something only an attacker would: refused before any harm."""
 
@@ -144,6 +155,13 @@ def check_kdf(kdf: crypto.KdfParams, pin: AccountPin, address: str) -> None:
             "server that does this may be trying to guess your password; ask the admin (an "
             "account made with weak settings needs a password reset by a current "
             "strongroom-admin)"
+        )
+    if kdf.memory_kib > KDF_MAX_MEMORY_KIB or kdf.iterations > KDF_MAX_ITERATIONS:
+        # Pins only grow: a hostile server must not push this account's cost out of reach of
+        # the user's smaller machines (or make this one allocate gigabytes).
+        raise UnsafeServer(
+            f"server {address} asks for more expensive password hashing (Argon2id "
+            f"{_cost(kdf)}) than this client allows (1 GiB, 16 passes); nothing was sent"
         )
     remembered = crypto.KdfParams(max(pin.memory_kib, 8), max(pin.iterations, 1), kdf.lanes)
     if pin.memory_kib and crypto.weaker_than(kdf, remembered):

@@ -8,6 +8,7 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from dataclasses import dataclass, field
 
 from .. import __version__
@@ -43,6 +44,7 @@ class ServerContext:
     connections: set[asyncio.Task[None]] = field(default_factory=set)
     # Logged-in sessions by user ID, so an account change can end them at once.
     sessions: dict[int, set[Session]] = field(default_factory=dict)
+    staged: dict[int, int] = field(default_factory=dict)  # user ID -> manifest bytes on disk
     limits: ConnectionLimits = field(init=False)
     commits: CommitRate = field(init=False)
     refusing: int = 0
@@ -88,6 +90,7 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        accepted = time.monotonic()  # the login deadline runs from here, handshake included
         peer = writer.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else str(peer)
         # The slot is taken before the TLS handshake, so handshakes in progress count too.
@@ -99,7 +102,7 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
         ctx.connections.add(task)
         try:
             if await _handshake(ctx, writer, tls):
-                await Session(ctx, reader, writer, slot).run()
+                await Session(ctx, reader, writer, slot, accepted=accepted).run()
         except asyncio.CancelledError:
             # The server is stopping. Ending normally matters: on Python 3.11 a cancelled
             # connection task makes asyncio log "Unhandled exception" with a traceback.

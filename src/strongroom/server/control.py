@@ -72,10 +72,13 @@ async def _handle(
 
 
 async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
-    if not isinstance(request, dict) or request.get("op") not in ("gc", "forget", "end-sessions"):
+    ops = ("gc", "forget", "end-sessions", "storage-open")
+    if not isinstance(request, dict) or request.get("op") not in ops:
         raise ValueError("unknown operation")
     if request["op"] == "end-sessions":
         return await _end_sessions(ctx, request)
+    if request["op"] == "storage-open":
+        return {"ok": True, "open": ctx.stores.is_open(str(request["storage_id"]))}
     name = request["user"]
     dry_run = bool(request.get("dry_run", False))
     user = await asyncio.to_thread(ctx.userdb.get, str(name))
@@ -112,7 +115,12 @@ async def _end_sessions(ctx: ServerContext, request: dict[str, Any]) -> dict[str
     ended = await ctx.end_sessions(user_id, reason, wait=30.0)
     if ended:
         log.info("admin: ended %d session(s) of user #%d: %s", ended, user_id, reason)
-    return {"ok": True, "ended": ended}
+    # Whether nothing of this server holds the user's storage any more (a purge may go on).
+    storage_id = request.get("storage_id")
+    released = not ctx.sessions.get(user_id) and not (
+        isinstance(storage_id, str) and ctx.stores.is_open(storage_id)
+    )
+    return {"ok": True, "ended": ended, "released": released}
 
 
 def retain(store: UserStore, user: User, policy: Policy | None, dry_run: bool) -> list[str]:
@@ -154,16 +162,28 @@ def ask_server(
     return answer
 
 
-def end_sessions_now(data_dir: Path, user_id: int, reason: str) -> int | None:
-    """Ask a running server to end the user's sessions at once; how many it ended, or None if
-    no server answers (sessions then end at their next request: server/session.py)."""
+def end_sessions_now(
+    data_dir: Path, user_id: int, reason: str, storage_id: str | None = None
+) -> bool | None:
+    """Ask a running server to end the user's sessions at once. True if it did and nothing of
+    it holds the user's storage any more (`storage_id`), False if something still does, None
+    if no server answers (sessions then end at their next request: server/session.py)."""
+    request: dict[str, Any] = {"op": "end-sessions", "user_id": user_id, "reason": reason}
+    if storage_id is not None:
+        request["storage_id"] = storage_id
     try:
-        answer = ask_server(
-            data_dir, {"op": "end-sessions", "user_id": user_id, "reason": reason}, timeout=60
-        )
+        answer = ask_server(data_dir, request, timeout=60)
     except (OSError, ValueError):
         return None
     if answer is None or not answer.get("ok"):
         return None
-    ended = answer.get("ended")
-    return ended if isinstance(ended, int) else None
+    return bool(answer.get("released"))
+
+
+def storage_in_use(data_dir: Path, storage_id: str) -> bool:
+    """Does a running server hold this storage open? False if no server answers."""
+    try:
+        answer = ask_server(data_dir, {"op": "storage-open", "storage_id": storage_id}, 30)
+    except (OSError, ValueError):
+        return False
+    return bool(answer and answer.get("ok") and answer.get("open"))

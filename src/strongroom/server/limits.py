@@ -2,8 +2,9 @@
 
 A connection takes a slot when TCP accepts it, before the TLS handshake (handshakes cost the
 server CPU and used to be free). Until it logs in it also counts against its address group's
-unauthenticated limit; once logged in, against the account's limit. All on the event loop's
-thread, so no locks.
+unauthenticated limit and against a limit on all unauthenticated connections (half the slots),
+so that hosts which never log in cannot take the slots logged-in sessions need; once logged in,
+it counts against the account's limit. All on the event loop's thread, so no locks.
 """
 
 from __future__ import annotations
@@ -23,18 +24,23 @@ class ConnectionLimits:
     def __init__(self, max_total: int, max_unauthenticated_per_group: int, max_per_user: int):
         self.max_total = max_total
         self.max_unauthenticated = max_unauthenticated_per_group
+        self.max_unauthenticated_total = max(1, max_total // 2)
         self.max_per_user = max_per_user
         self.total = 0
         self.unauthenticated: dict[str, int] = {}
+        self.unauthenticated_total = 0
         self.per_user: dict[int, int] = {}
 
     def open(self, group: str) -> Slot | str:
         """A slot for a new connection, or why there is none."""
-        if self.total >= self.max_total:
+        if self.total >= self.max_total or (
+            self.unauthenticated_total >= self.max_unauthenticated_total
+        ):
             return "server is busy, retry later"
         if self.unauthenticated.get(group, 0) >= self.max_unauthenticated:
             return "too many connections from your address that have not logged in; retry later"
         self.total += 1
+        self.unauthenticated_total += 1
         self.unauthenticated[group] = self.unauthenticated.get(group, 0) + 1
         return Slot(group)
 
@@ -62,6 +68,7 @@ class ConnectionLimits:
             self.per_user.pop(slot.user_id, None)
 
     def _drop_unauthenticated(self, group: str) -> None:
+        self.unauthenticated_total -= 1
         left = self.unauthenticated.get(group, 1) - 1
         if left:
             self.unauthenticated[group] = left

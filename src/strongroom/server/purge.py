@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 
 from ..durable import fsync_dir
 from .datadir import DataDir
@@ -19,10 +20,15 @@ from .userdb import UserDB
 TRASH_PREFIX = ".purge-"
 
 
-def finish_purges(datadir: DataDir, db: UserDB) -> list[str]:
-    """Remove every queued storage folder; returns the storage IDs done."""
+def finish_purges(
+    datadir: DataDir, db: UserDB, in_use: Callable[[str], bool] = lambda _sid: False
+) -> list[str]:
+    """Remove every queued storage folder that is not `in_use` (by a running server); returns
+    the storage IDs done."""
     done = []
     for storage_id in db.pending_purges():
+        if in_use(storage_id):
+            continue
         path = datadir.storage_path(storage_id)  # validates the ID: nothing outside storage/
         trash = datadir.storage_root / f"{TRASH_PREFIX}{storage_id}"
         if path.exists():

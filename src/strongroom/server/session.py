@@ -23,7 +23,7 @@ from ..errors import IntegrityError, RepositoryError, StrongroomError
 from ..keys import KeyFile
 from ..names import fold_name
 from ..protocol import messages as m
-from ..protocol.codec import ProtocolError
+from ..protocol.codec import ID_SIZE, ProtocolError
 from ..protocol.framing import MAX_FRAME, MAX_LOGIN_FRAME, Frame, FrameDecoder, encode_frame
 from ..protocol.state import WRITES, Phase, ServerState
 from ..snapshot import is_snapshot_id
@@ -72,6 +72,8 @@ class Session:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         slot: Slot | None = None,
+        *,
+        accepted: float | None = None,
     ) -> None:
         self.ctx = ctx
         self.reader = reader
@@ -85,7 +87,8 @@ class Session:
         self.user: User | None = None
         self.store: UserStore | None = None
         self.manifest = ManifestStaging(ctx.datadir.root, MAX_MANIFEST)
-        self.login_deadline = time.monotonic() + ctx.config.login_timeout
+        start = time.monotonic() if accepted is None else accepted
+        self.login_deadline = start + ctx.config.login_timeout
         self.put_blobs = 0
         self.put_bytes = 0
         # The account's generation at login: any change of its login, keys or append-only
@@ -175,10 +178,12 @@ class Session:
         return self.released
 
     async def _cleanup(self, reason: str) -> None:
-        self.manifest.close()
         if self._busy is not None and not self._busy.done():
-            # Cancelled while a thread works on the store: let it finish before letting go.
+            # Cancelled while a thread works on the store (or the staged manifest): let it
+            # finish before letting go of either.
             await asyncio.wait([self._busy])
+        self._unstage()
+        self.manifest.close()
         if self.user is not None:
             live = self.ctx.sessions.get(self.user.id)
             if live is not None:
@@ -306,6 +311,10 @@ class Session:
         self.generation = user.generation
         self.admin_password_login = user.must_change_password
         self.ctx.sessions.setdefault(user.id, set()).add(self)
+        # Registered now, so an admin change from here on ends this session; one that came
+        # between the password check and here (a reset, a delete and purge) is caught by
+        # reading the row once more (cleanup then lets go of the store).
+        await self._current_user()
         self.decoder.max_frame = MAX_FRAME
         self.state.phase = Phase.MUST_CHANGE_PASSWORD if user.must_change_password else Phase.READY
         flags = (m.LOGIN_MUST_CHANGE_PASSWORD if user.must_change_password else 0) | (
@@ -355,10 +364,7 @@ class Session:
             await self._thread(store.flush)
             await self._send(m.Ok(), rid)
         elif isinstance(msg, m.ManifestPart):
-            try:
-                await self._thread(self.manifest.add, msg.ids)
-            except OverflowError:
-                raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "manifest is too large")) from None
+            await self._stage(user, msg.ids)
             await self._send(m.Ok(self.manifest.count), rid)
         elif isinstance(msg, m.Commit):
             await self._commit(user, store, msg, rid)
@@ -416,6 +422,33 @@ class Session:
 
     # ---- requests ---------------------------------------------------------------------------
 
+    async def _stage(self, user: User, ids: list[bytes]) -> None:
+        """Stage a manifest part on disk. What an account stages, over all its connections, is
+        bounded by one largest manifest and by its quota: staged files use the server's disk."""
+        staged = self.ctx.staged.get(user.id, 0) + len(ids) * ID_SIZE
+        if self.manifest.count + len(ids) > MAX_MANIFEST or staged > MAX_MANIFEST * ID_SIZE:
+            raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "manifest is too large"))
+        if user.quota is not None and staged > user.quota:
+            raise Close(
+                m.Error(m.ErrorCode.QUOTA_EXCEEDED, "the snapshot's manifest exceeds the quota")
+            )
+        self.ctx.staged[user.id] = staged
+        try:
+            await self._thread(self.manifest.add, ids)
+        except BaseException:
+            self.ctx.staged[user.id] -= len(ids) * ID_SIZE  # not staged after all
+            raise
+
+    def _unstage(self) -> None:
+        """This connection's staged IDs no longer count for its account (committed or gone)."""
+        if self.user is None or not self.manifest.count:
+            return
+        left = self.ctx.staged.get(self.user.id, 0) - self.manifest.count * ID_SIZE
+        if left > 0:
+            self.ctx.staged[self.user.id] = left
+        else:
+            self.ctx.staged.pop(self.user.id, None)
+
     async def _set_keyfile(self, user: User, msg: m.SetKeyFile, rid: int) -> None:
         keyfile = KeyFile.from_json(msg.keyfile)  # IntegrityError -> answered as an error
         if not keyfile.wrapped:
@@ -469,6 +502,7 @@ class Session:
         if msg.time_ns > MAX_TIME_NS:
             raise Close(m.Error(m.ErrorCode.BAD_REQUEST, "invalid snapshot time"))
         refs = self.manifest.count
+        self._unstage()
         manifest = self.manifest.take()
         try:
             self._admit_commit(user, msg, refs)

@@ -77,9 +77,15 @@ def decide(rows: list[SnapshotRow], user: User, policy: Policy) -> list[Decision
     ]
 
 
+class StorageMissing(RepositoryError):
+    pass
+
+
 class UserStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
         if not (path / "index.sqlite").is_file():
+            if not create:
+                raise StorageMissing("this account's storage is missing; ask the admin")
             PackStore.create(path, meta={"repo_id": path.name.encode()}).close()
         self.store = PackStore(path, writer=True)
         self.lock = threading.Lock()
@@ -248,16 +254,22 @@ class StoreRegistry:
         self._lock = threading.Lock()
 
     def acquire(self, storage_id: str, path: Path, token: object) -> UserStore:
+        """Open (or share) a user's store. Never creates one: the admin tool makes it with the
+        account, and a store being purged must not come back because a login raced the purge."""
         with self._lock:
             store = self._open.get(storage_id)
             if store is None:
                 try:
-                    store = UserStore(path)
+                    store = UserStore(path, create=False)
                 except OSError as exc:
                     raise RepositoryError(f"cannot open user storage: {exc.strerror}") from None
                 self._open[storage_id] = store
             store.sessions[token] = time.time_ns()
             return store
+
+    def is_open(self, storage_id: str) -> bool:
+        with self._lock:
+            return storage_id in self._open
 
     def release(self, storage_id: str, token: object) -> None:
         with self._lock:

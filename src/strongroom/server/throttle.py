@@ -8,10 +8,16 @@
   then 2, 4 … up to `lockout_max` (escalating lockouts).
 - A success clears the account's count only. The address keeps its count, so an attacker who
   owns an account cannot wipe their address's record by logging into it between guesses.
-- Counts are forgotten `forget_after` seconds after the last failure (and once a lockout ends).
+- A success also marks that (account, address) pair as known for a day: the account's owner,
+  back at an address they logged in from, neither queues behind a stranger's guesses nor is
+  held by the account's lockout (their address's own count still applies). Guessing a name
+  therefore cannot lock its owner out from where they usually log in.
+- Counts are forgotten `forget_after` seconds after the last failure; a key that was ever
+  locked keeps its count for `lockout_max`, so lockouts keep growing (1 min … 1 h) instead of
+  starting over after a quiet quarter of an hour. Locked keys are never evicted to make room.
 
 Keys are the case-folded user name ("u:") and the address group ("a:": an IPv4 address, or the
-/64 of an IPv6 one, which one host usually holds whole).
+/56 of an IPv6 one, what one customer of an ISP usually holds whole).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 
 
 def address_group(host: str) -> str:
-    """The unit a client address is counted in: IPv4 address, IPv6 /64."""
+    """The unit a client address is counted in: IPv4 address, IPv6 /56."""
     try:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -34,7 +40,7 @@ def address_group(host: str) -> str:
     if isinstance(addr, ipaddress.IPv6Address):
         if addr.ipv4_mapped is not None:
             return str(addr.ipv4_mapped)
-        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+        return str(ipaddress.IPv6Network((addr, 56), strict=False))
     return str(addr)
 
 
@@ -43,6 +49,9 @@ class _Record:
     failures: int = 0
     last_failure: float = 0.0
     locked_until: float = 0.0
+
+
+_NO_LOCK = contextlib.nullcontext()
 
 
 class LoginRefused(Exception):
@@ -69,6 +78,7 @@ class Attempt:
     def succeeded(self) -> None:
         self.outcome = True
         self._throttle._records.pop(self._keys[0], None)  # the account only, never the address
+        self._throttle._remember_pair(*self._keys)
 
 
 class FailureThrottle:
@@ -83,6 +93,7 @@ class FailureThrottle:
         lockout_max: float = 3600.0,
         forget_after: float = 900.0,
         max_entries: int = 100_000,
+        known_for: float = 86400.0,
     ) -> None:
         self.free_attempts = free_attempts
         self.base_delay = base_delay
@@ -92,6 +103,9 @@ class FailureThrottle:
         self.lockout_max = lockout_max
         self.forget_after = forget_after
         self.max_entries = max_entries
+        self.known_for = known_for
+        # (account key, address key) -> time of the last success, oldest first
+        self._known: OrderedDict[tuple[str, str], float] = OrderedDict()
         # key -> record; least recently failed first, so pruning is cheap.
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, users of it)
@@ -103,12 +117,17 @@ class FailureThrottle:
         """Serialise with other attempts on the same account or address, refuse a locked key
         (LoginRefused), wait the earned delay, then let the caller check the password."""
         user_key, address_key = "u:" + user, "a:" + address
-        async with self._serialised(user_key), self._serialised(address_key):
+        known = self._is_known(user_key, address_key)
+        # The owner at a known address skips the account's queue and lockout (not the
+        # address's): a stranger's guesses at the name cannot lock them out.
+        account_lock = _NO_LOCK if known else self._serialised(user_key)
+        async with account_lock, self._serialised(address_key):
             now = time.monotonic()
-            locked = max(self._locked_for(user_key, now), self._locked_for(address_key, now))
+            keys = (address_key,) if known else (user_key, address_key)
+            locked = max(self._locked_for(k, now) for k in keys)
             if locked > 0:
                 raise LoginRefused(locked)
-            delay = self.delay(user, address)
+            delay = self._delay_for(keys, now)
             if delay:
                 await asyncio.sleep(delay)
             yield Attempt(self, user_key, address_key)
@@ -135,10 +154,29 @@ class FailureThrottle:
         rec = self._records.get(key)
         if rec is None:
             return None
-        if now - rec.last_failure > self.forget_after and now >= rec.locked_until:
+        keep = self.forget_after
+        if rec.failures >= self.lockout_after:
+            keep = max(keep, self.lockout_max)  # a key that was locked keeps escalating
+        if now - rec.last_failure > keep and now >= rec.locked_until:
             del self._records[key]
             return None
         return rec
+
+    def _remember_pair(self, user_key: str, address_key: str) -> None:
+        pair = (user_key, address_key)
+        self._known[pair] = time.monotonic()
+        self._known.move_to_end(pair)
+        while len(self._known) > self.max_entries:
+            self._known.popitem(last=False)
+
+    def _is_known(self, user_key: str, address_key: str) -> bool:
+        when = self._known.get((user_key, address_key))
+        if when is None:
+            return False
+        if time.monotonic() - when > self.known_for:
+            del self._known[(user_key, address_key)]
+            return False
+        return True
 
     def _locked_for(self, key: str, now: float) -> float:
         rec = self._record(key, now)
@@ -149,8 +187,10 @@ class FailureThrottle:
         return rec.failures if rec is not None else 0
 
     def delay(self, user: str, address: str) -> float:
-        now = time.monotonic()
-        counts = [self._record(k, now) for k in ("u:" + user, "a:" + address)]
+        return self._delay_for(("u:" + user, "a:" + address), time.monotonic())
+
+    def _delay_for(self, keys: tuple[str, ...], now: float) -> float:
+        counts = [self._record(k, now) for k in keys]
         n = max((r.failures for r in counts if r is not None), default=0)
         if n < self.free_attempts:
             return 0.0
@@ -166,5 +206,16 @@ class FailureThrottle:
             rec.locked_until = now + min(self.lockout_max, self.lockout_base * 2.0**step)
         self._records[key] = rec
         self._records.move_to_end(key)
-        while len(self._records) > self.max_entries:
-            self._records.popitem(last=False)
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Keep the table bounded, oldest first, but never drop a key that is locked: a flood
+        of fresh names must not wipe a lockout."""
+        for _ in range(len(self._records)):
+            if len(self._records) <= self.max_entries:
+                return
+            key, rec = next(iter(self._records.items()))
+            if rec.locked_until > now:
+                self._records.move_to_end(key)  # kept: looked at again only after the others
+            else:
+                del self._records[key]
