@@ -27,8 +27,8 @@ from ..server.accounts import add_user, login_material
 from ..server.config import DEFAULT_DATA_DIR, default_kdf
 from ..server.control import end_sessions_now
 from ..server.datadir import DataDir
+from ..server.schema import DEFAULT_PROTECT_WINDOW_S
 from ..server.userdb import (
-    DEFAULT_PROTECT_WINDOW_S,
     User,
     UserDB,
     format_window,

@@ -253,6 +253,12 @@ class RemoteRepository:
 
     # ---- account ----------------------------------------------------------------------------
 
+    def report_failure(self, message: str) -> None:
+        """Tell the server a backup failed before it got there (shown to the admin)."""
+        raw = message.encode("utf-8", "replace")[: m.REPORT_LIMIT]
+        text = raw.decode("utf-8", "ignore")  # a character cut in half is dropped
+        expect(self.transport.call(m.ReportFailure(text)), m.Ok, "REPORT_FAILURE")
+
     def change_password(self, new_password: bytes) -> None:
         self.transport.call(m.SetKeyFile(new_keyfile(new_password, self.keys, self.account.kdf)))
 

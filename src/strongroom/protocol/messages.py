@@ -32,6 +32,7 @@ PROTOCOL_VERSION = 2
 NAME_LIMIT = 256
 PATH_LIMIT = 64 * 1024
 MESSAGE_LIMIT = 4096
+REPORT_LIMIT = 300
 
 
 class ErrorCode:
@@ -234,6 +235,17 @@ class Prune(Message):
     dry_run: int = 0
 
 
+@dataclass(frozen=True)
+class ReportFailure(Message):
+    """A backup failed before it could reach the server (a scheduled run that found the
+    server unreachable, a folder missing...): the admin's view shows "failed", not only
+    "stale". The text is the client's one-line error, without file names."""
+
+    TYPE = 20
+    FIELDS = (("message", text(REPORT_LIMIT)),)
+    message: str
+
+
 # ---- server -> client ------------------------------------------------------------------------
 
 
@@ -369,6 +381,7 @@ REQUESTS: dict[int, type[Message]] = {
         Bye,
         Protect,
         Prune,
+        ReportFailure,
     )
 }
 RESPONSES: dict[int, type[Message]] = {

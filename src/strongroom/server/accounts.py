@@ -15,7 +15,8 @@ from ..crypto import KdfParams
 from ..errors import RepositoryError
 from ..store import PackStore
 from .datadir import DataDir
-from .userdb import DEFAULT_PROTECT_WINDOW_S, User, UserDB
+from .schema import DEFAULT_PROTECT_WINDOW_S
+from .userdb import User, UserDB
 
 
 def login_material(password: bytes, kdf: KdfParams) -> tuple[bytes, bytes]:

@@ -19,6 +19,7 @@ from .config import ServerConfig
 from .control import serve_control
 from .datadir import DataDir
 from .limits import CommitRate, ConnectionLimits, Slot
+from .opsdb import OpsDB
 from .policy import policy_for
 from .session import Session
 from .stores import StoreRegistry
@@ -39,6 +40,7 @@ class ServerContext:
     userdb: UserDB
     secret: bytes
     stores: StoreRegistry
+    ops: OpsDB
     throttle: FailureThrottle = field(init=False)
     version: str = __version__
     connections: set[asyncio.Task[None]] = field(default_factory=set)
@@ -137,6 +139,7 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
         if ctx.connections:
             await asyncio.wait(list(ctx.connections), timeout=10)
     ctx.stores.close_all()
+    ctx.ops.close()
     ctx.userdb.close()
 
 

@@ -43,6 +43,7 @@ def main(config_file: str | None, **flags: Any) -> None:
     """Serve encrypted backups to strongroom clients over TLS."""
     from .app import ServerContext, serve, setup_logging
     from .datadir import DataDir
+    from .opsdb import OpsDB
     from .purge import finish_purges
     from .stores import StoreRegistry
     from .tls import certificate_fingerprint, ensure_certificate, server_ssl_context
@@ -67,6 +68,7 @@ def main(config_file: str | None, **flags: Any) -> None:
         userdb=userdb,
         secret=datadir.server_secret(),
         stores=StoreRegistry(datadir.storage_root),
+        ops=OpsDB(datadir.users_db),
     )
 
     def announce(addresses: list[Any]) -> None:

@@ -32,6 +32,7 @@ from ..store.packstore import RootNotInManifest
 from . import auth
 from .limits import Slot
 from .manifest import ManifestStaging
+from .opsdb import clean_text
 from .stores import MIN_STORED_BLOB, QuotaExceeded, SnapshotLimit, UserStore
 from .throttle import LoginRefused, address_group
 from .userdb import User
@@ -417,6 +418,8 @@ class Session:
         elif isinstance(msg, m.CheckStorage):
             problems = await self._thread(store.store.storage_problems)
             await self._send(m.Texts(problems), rid)
+        elif isinstance(msg, m.ReportFailure):
+            await self._report_failure(user, msg, rid)
         else:  # pragma: no cover - every request type is handled above
             await self._send(m.Error(m.ErrorCode.BAD_REQUEST, "unexpected request"), rid)
 
@@ -594,6 +597,18 @@ class Session:
             self._log_gc(user, report)
         except StrongroomError as exc:
             log.warning("%s: user %r: retention failed: %s", self.address, user.name, exc)
+
+    async def _report_failure(self, user: User, msg: m.ReportFailure, rid: int) -> None:
+        """A backup that failed on the client (unreachable server, missing folder): the
+        admin's view says "failed". Bounded like commits; the text is cleaned of control
+        characters (it reaches the log and the console)."""
+        if not self.ctx.commits.allow(user.id):
+            raise _RateLimited("too many reports and commits in the last hour; try again later")
+        text = clean_text(msg.message)
+        await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), "failed")
+        await self._thread(self.ctx.ops.add_event, user.id, "client", text)
+        log.warning("%s: user %r reports a failed backup: %s", self.address, user.name, text)
+        await self._send(m.Ok(), rid)
 
     def _log_gc(self, user: User, report: GcReport) -> None:
         log.info(

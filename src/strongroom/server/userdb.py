@@ -25,56 +25,13 @@ from typing import Any, Literal
 from ..crypto import KdfParams
 from ..errors import StrongroomError, UsageError
 from ..keys import KeyFile
-
-SCHEMA_VERSION = 3
-DEFAULT_PROTECT_WINDOW_S = 7 * 24 * 3600  # append-only: the server's policy keeps a week
-
-# _MIGRATIONS[i] takes the schema from version i to i + 1 (version 0 = empty file).
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE users(
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE COLLATE NOCASE,
-            storage_id TEXT NOT NULL UNIQUE,
-            directory TEXT NOT NULL,
-            salt BLOB NOT NULL,
-            kdf_memory_kib INTEGER NOT NULL,
-            kdf_iterations INTEGER NOT NULL,
-            kdf_lanes INTEGER NOT NULL,
-            auth_hash BLOB NOT NULL,
-            keyfile BLOB,
-            must_change_password INTEGER NOT NULL,
-            quota INTEGER,
-            append_only INTEGER NOT NULL,
-            created_ns INTEGER NOT NULL,
-            last_backup_ns INTEGER,
-            last_backup_result TEXT
-        )""",
-    ),
-    (
-        # Retention: a per-user policy (JSON, see retention.Policy) and server-wide settings
-        # such as the default policy, both changed by the admin while the server runs.
-        "ALTER TABLE users ADD COLUMN policy TEXT",
-        "CREATE TABLE settings(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    ),
-    (
-        # Security: a generation bumped by every change of login, keys, append-only or
-        # deletion (open sessions compare it on every request and end when it moved), and the
-        # append-only protection window (seconds a received snapshot is safe from the policy).
-        "ALTER TABLE users ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE users ADD COLUMN protect_window_s INTEGER NOT NULL DEFAULT "
-        f"{DEFAULT_PROTECT_WINDOW_S:d}",
-        # Storage folders to remove: written in the transaction that deletes the user, so a
-        # crash half-way through `user delete --purge-data` is finished by the next start.
-        "CREATE TABLE pending_purges(storage_id TEXT PRIMARY KEY)",
-    ),
-)
-assert len(_MIGRATIONS) == SCHEMA_VERSION
+from .schema import DEFAULT_PROTECT_WINDOW_S, MIGRATIONS, SCHEMA_VERSION
 
 _SELECT = (
     "SELECT id, name, storage_id, directory, salt, kdf_memory_kib, kdf_iterations, kdf_lanes, "
     "auth_hash, keyfile, must_change_password, quota, append_only, created_ns, "
-    "last_backup_ns, last_backup_result, policy, generation, protect_window_s FROM users"
+    "last_backup_ns, last_backup_result, policy, generation, protect_window_s, "
+    "expected_interval_s, notify_email, last_success_ns FROM users"
 )
 
 
@@ -97,6 +54,9 @@ class User:
     policy: str | None = None  # retention policy JSON; None = the server's default
     generation: int = 0  # moves on every change of login, keys or append-only (sessions end)
     protect_window_s: int = DEFAULT_PROTECT_WINDOW_S  # append-only: policy never removes newer
+    expected_interval_s: int | None = None  # a backup is overdue after this; None = default
+    notify_email: str | None = None  # also tell the user about their alerts
+    last_success_ns: int | None = None  # the last backup that committed
 
 
 _USERNAME = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}", re.ASCII)
@@ -228,7 +188,7 @@ class UserDB:
                     "upgrade strongroom"
                 )
             for step in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[step]:
+                for statement in MIGRATIONS[step]:
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
 
@@ -416,11 +376,14 @@ class UserDB:
         return _user(row)
 
     def record_backup(self, uid: int, time_ns: int, result: str) -> None:
-        """Note the time and outcome of the user's last backup (no-op if they were deleted)."""
+        """Note the time and outcome of the user's last backup (no-op if they were deleted);
+        an "ok" is also their last success (what makes a backup overdue or not)."""
         with self._lock:
             self._db.execute(
-                "UPDATE users SET last_backup_ns = ?, last_backup_result = ? WHERE id = ?",
-                (time_ns, result, uid),
+                "UPDATE users SET last_backup_ns = ?, last_backup_result = ?, "
+                "last_success_ns = CASE WHEN ? = 'ok' THEN ? ELSE last_success_ns END "
+                "WHERE id = ?",
+                (time_ns, result, result, time_ns, uid),
             )
 
     def get_setting(self, name: str) -> str | None:
@@ -474,4 +437,7 @@ def _user(row: Any) -> User:
         policy=None if row[16] is None else str(row[16]),
         generation=int(row[17]),
         protect_window_s=int(row[18]),
+        expected_interval_s=None if row[19] is None else int(row[19]),
+        notify_email=None if row[20] is None else str(row[20]),
+        last_success_ns=None if row[21] is None else int(row[21]),
     )
