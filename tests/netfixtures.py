@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,10 +40,12 @@ class Server:
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.extra = extra
-        self.env = {**os.environ, **KDF_ENV, **(env or {})}
+        # The web console is off unless a test asks for it (it would take port 44080).
+        self.env = {**os.environ, **KDF_ENV, "STRONGROOM_WEB_PORT": "0", **(env or {})}
         self.env.pop("STRONGROOM_DEBUG", None)
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
+        self.web_port = 0
         self.fingerprint = ""
         self.log = data_dir.parent / f"{data_dir.name}-server.log"
 
@@ -79,6 +82,8 @@ class Server:
             lines.append(line)
             if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
                 self.port = int(m.group(1))
+            if m := re.search(r"web console on https://127\.0\.0\.1:(\d+)/", line):
+                self.web_port = int(m.group(1))
             if m := re.search(r"fingerprint: (SHA256:[0-9a-f]{64})", line):
                 self.fingerprint = m.group(1)
                 return self
@@ -166,6 +171,13 @@ class NetCli(Cli):
         # A restarted server may have a new port: follow it.
         self.env["STRONGROOM_SERVER"] = self.server.address
         return super().run(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (for the web console, which has no "any free port")."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def spawn(cli: Cli, *args: str) -> subprocess.Popen[str]:

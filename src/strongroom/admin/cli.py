@@ -374,8 +374,9 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-# gc, usage, scrub and policy live in their own module; importing it registers them on `cli`.
-from . import lifecycle  # noqa: E402, F401
+# gc, usage, scrub and policy, and console-admin, live in their own modules; importing them
+# registers them on `cli`.
+from . import console, lifecycle  # noqa: E402, F401
 
 
 def main() -> None:

@@ -15,16 +15,22 @@ from .. import __version__
 from ..protocol import messages as m
 from ..protocol.framing import encode_frame
 from ..retention import Policy
+from .alerts import AlertLoop
 from .config import ServerConfig
 from .control import serve_control
 from .datadir import DataDir
 from .limits import CommitRate, ConnectionLimits, Slot
+from .metrics import Metrics
+from .operations import record_run
 from .opsdb import OpsDB
+from .overview import all_statuses
 from .policy import policy_for
 from .session import Session
 from .stores import StoreRegistry
 from .throttle import FailureThrottle, address_group
 from .userdb import User, UserDB
+from .web.app import start_console
+from .web.auth import Sessions
 
 log = logging.getLogger("strongroom.server")
 
@@ -47,9 +53,11 @@ class ServerContext:
     # Logged-in sessions by user ID, so an account change can end them at once.
     sessions: dict[int, set[Session]] = field(default_factory=dict)
     staged: dict[int, int] = field(default_factory=dict)  # user ID -> manifest bytes on disk
+    metrics: Metrics = field(default_factory=Metrics)
     limits: ConnectionLimits = field(init=False)
     commits: CommitRate = field(init=False)
     refusing: int = 0
+    console_sessions: Sessions | None = None  # the web console's, when it runs
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -66,6 +74,12 @@ class ServerContext:
 
     def policy_for(self, user: User) -> Policy | None:
         return policy_for(self.userdb, user)
+
+    def note_gc(self, user: User, reclaimed_bytes: int) -> None:
+        """A GC ran for the user (blocking: call from a thread)."""
+        self.metrics.gc_runs.inc()
+        self.metrics.gc_reclaimed.inc(reclaimed_bytes)
+        record_run(self, "gc", user, f"{reclaimed_bytes} bytes reclaimed", True)
 
     async def end_sessions(
         self, user_id: int, reason: str, *, keep: Session | None = None, wait: float = 10.0
@@ -102,6 +116,8 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
             await _refuse(ctx, writer, tls, slot)
             return
         ctx.connections.add(task)
+        ctx.metrics.connections.inc()
+        ctx.metrics.connections_open.inc()
         try:
             if await _handshake(ctx, writer, tls):
                 await Session(ctx, reader, writer, slot, accepted=accepted).run()
@@ -112,6 +128,7 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
         except Exception:  # a bug in one session must never take the server down
             log.exception("session failed")
         finally:
+            ctx.metrics.connections_open.dec()
             ctx.limits.close(slot)
             ctx.connections.discard(task)
 
@@ -125,14 +142,28 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
     addresses = [s.getsockname() for s in server.sockets]
     for addr in addresses:
         log.info("listening on %s:%d", addr[0], addr[1])
+    console = await start_console(ctx, tls)
+    web_addresses = console[1] if console is not None else []
+    for addr in web_addresses:
+        log.info("console on https://%s:%d/", *addr)
+    ctx.metrics.watch_accounts(
+        lambda: all_statuses(ctx.userdb, ctx.datadir.storage_root, ctx.config.expected_interval),
+        ctx.datadir.root,
+    )
     if callable(on_listening):
-        on_listening(addresses)
+        on_listening(addresses, web_addresses)
     control = await serve_control(ctx)
+    watcher = asyncio.create_task(AlertLoop(ctx).run())
     async with server:
         await stop.wait()
         if control is not None:
             control.close()
         log.info("shutting down")
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        if console is not None:
+            await console[0].cleanup()
         server.close()
         for task in list(ctx.connections):
             task.cancel()

@@ -38,6 +38,12 @@ from .config import load_config
 @click.option(
     "--idle-timeout", type=float, default=None, help="Seconds before an idle client is dropped."
 )
+@click.option(
+    "--web-port",
+    type=int,
+    default=None,
+    help="HTTPS port of the web console and /metrics (default 44080; 0 = off).",
+)
 @handle_errors("strongroom-server")
 def main(config_file: str | None, **flags: Any) -> None:
     """Serve encrypted backups to strongroom clients over TLS."""
@@ -71,10 +77,13 @@ def main(config_file: str | None, **flags: Any) -> None:
         ops=OpsDB(datadir.users_db),
     )
 
-    def announce(addresses: list[Any]) -> None:
+    def announce(addresses: list[Any], web: list[tuple[str, int]]) -> None:
         for addr in addresses:
             host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
             click.echo(f"strongroom-server listening on {host}:{addr[1]} (TLS)")
+        for web_host, web_port in web:
+            shown = f"[{web_host}]" if ":" in web_host else web_host
+            click.echo(f"web console on https://{shown}:{web_port}/")
         click.echo(f"data folder: {datadir.root.resolve()}")
         click.echo(f"certificate fingerprint: {fingerprint}")
         sys.stdout.flush()

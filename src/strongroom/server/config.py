@@ -47,6 +47,28 @@ class ServerConfig:
     login_max_delay: float = 10.0
     login_lockout_after: int = 10
     login_lockout: float = 60.0
+    # The web console and /metrics (server/web/): HTTPS with the server's certificate on its
+    # own port (0 = off); /metrics wants `Authorization: Bearer <token from this file>`, or
+    # without a token file, a request from the loopback interface.
+    web_port: int = 44080
+    web_host: str | None = None  # None: the same address as the backup port
+    metrics_token_file: Path | None = None
+    # Alerts (server/alerts.py): a user's backup is overdue after `expected_interval` seconds
+    # without a success (unless their own is set); checks run every `alert_check_interval`,
+    # and an alert in force is repeated every `alert_repeat` seconds.
+    expected_interval: float = 26 * 3600.0
+    alert_check_interval: float = 60.0
+    alert_repeat: float = 24 * 3600.0
+    alert_email: str = ""  # comma-separated addresses of the admins
+    alert_webhook: str = ""  # a URL that gets a JSON POST per alert
+    notify_users: bool = False  # also mail a user their own alerts (if they have an address)
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"  # starttls | tls | none (none: loopback only)
+    smtp_user: str = ""
+    smtp_password_file: Path | None = None
+    smtp_from: str = ""
+    smtp_ca_file: Path | None = None  # to trust a private mail server's certificate
 
 
 _ENV = {
@@ -68,6 +90,22 @@ _ENV = {
     "login_max_delay": "STRONGROOM_LOGIN_MAX_DELAY",
     "login_lockout_after": "STRONGROOM_LOGIN_LOCKOUT_AFTER",
     "login_lockout": "STRONGROOM_LOGIN_LOCKOUT",
+    "web_port": "STRONGROOM_WEB_PORT",
+    "web_host": "STRONGROOM_WEB_HOST",
+    "metrics_token_file": "STRONGROOM_METRICS_TOKEN_FILE",
+    "expected_interval": "STRONGROOM_EXPECTED_INTERVAL",
+    "alert_check_interval": "STRONGROOM_ALERT_CHECK_INTERVAL",
+    "alert_repeat": "STRONGROOM_ALERT_REPEAT",
+    "alert_email": "STRONGROOM_ALERT_EMAIL",
+    "alert_webhook": "STRONGROOM_ALERT_WEBHOOK",
+    "notify_users": "STRONGROOM_NOTIFY_USERS",
+    "smtp_host": "STRONGROOM_SMTP_HOST",
+    "smtp_port": "STRONGROOM_SMTP_PORT",
+    "smtp_security": "STRONGROOM_SMTP_SECURITY",
+    "smtp_user": "STRONGROOM_SMTP_USER",
+    "smtp_password_file": "STRONGROOM_SMTP_PASSWORD_FILE",
+    "smtp_from": "STRONGROOM_SMTP_FROM",
+    "smtp_ca_file": "STRONGROOM_SMTP_CA_FILE",
 }
 _INTS = (
     "port",
@@ -78,8 +116,29 @@ _INTS = (
     "max_snapshots",
     "login_free_attempts",
     "login_lockout_after",
+    "web_port",
+    "smtp_port",
 )
-_FLOATS = ("idle_timeout", "login_timeout", "max_clock_skew", "login_max_delay", "login_lockout")
+_FLOATS = (
+    "idle_timeout",
+    "login_timeout",
+    "max_clock_skew",
+    "login_max_delay",
+    "login_lockout",
+    "expected_interval",
+    "alert_check_interval",
+    "alert_repeat",
+)
+_PATHS = (
+    "data_dir",
+    "tls_cert",
+    "tls_key",
+    "log_file",
+    "metrics_token_file",
+    "smtp_password_file",
+    "smtp_ca_file",
+)
+_BOOLS = ("notify_users",)
 
 
 def load_config(config_file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
@@ -120,8 +179,10 @@ def _typed(values: dict[str, Any]) -> ServerConfig:
                 value = int(value)
             elif f.name in _FLOATS:
                 value = float(value)
-            elif f.name in ("data_dir", "tls_cert", "tls_key", "log_file"):
+            elif f.name in _PATHS:
                 value = Path(os.path.expanduser(str(value)))
+            elif f.name in _BOOLS:
+                value = _bool(value)
             else:
                 value = str(value)
         except (TypeError, ValueError):
@@ -148,6 +209,12 @@ def _typed(values: dict[str, Any]) -> ServerConfig:
         )
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise UsageError("give both tls_cert and tls_key, or neither")
+    if not 0 <= cfg.web_port < 65536:
+        raise UsageError(f"web_port {cfg.web_port} is out of range (0 turns the console off)")
+    if cfg.smtp_security not in ("starttls", "tls", "none"):
+        raise UsageError("smtp_security must be starttls, tls or none")
+    if min(cfg.expected_interval, cfg.alert_check_interval, cfg.alert_repeat) <= 0:
+        raise UsageError("expected_interval, alert_check_interval and alert_repeat must be > 0")
     return cfg
 
 
@@ -158,3 +225,14 @@ def _positive(cfg: ServerConfig) -> tuple[int, ...]:
         cfg.max_commits_per_hour,
         cfg.max_snapshots,
     )
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)

@@ -72,11 +72,15 @@ async def _handle(
 
 
 async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
-    ops = ("gc", "forget", "end-sessions", "storage-open")
+    ops = ("gc", "forget", "end-sessions", "storage-open", "end-console-sessions")
     if not isinstance(request, dict) or request.get("op") not in ops:
         raise ValueError("unknown operation")
     if request["op"] == "end-sessions":
         return await _end_sessions(ctx, request)
+    if request["op"] == "end-console-sessions":
+        if ctx.console_sessions is not None:
+            ctx.console_sessions.close_admin(str(request["name"]))
+        return {"ok": True}
     if request["op"] == "storage-open":
         return {"ok": True, "open": ctx.stores.is_open(str(request["storage_id"]))}
     name = request["user"]
@@ -95,6 +99,8 @@ async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
         report = await asyncio.to_thread(lambda: store.gc(dry_run=dry_run, exclude=token))
     finally:
         await asyncio.to_thread(ctx.stores.release, user.storage_id, token)
+    if not dry_run:
+        await asyncio.to_thread(ctx.note_gc, user, report.reclaimed_bytes)
     log.info(
         "admin gc%s for user %r: %d bytes reclaimed, %d blobs waiting for running backups",
         " (dry run)" if dry_run else "",
@@ -187,3 +193,9 @@ def storage_in_use(data_dir: Path, storage_id: str) -> bool:
     except (OSError, ValueError):
         return False
     return bool(answer and answer.get("ok") and answer.get("open"))
+
+
+def end_console_sessions(data_dir: Path, name: str) -> None:
+    """A console admin was deleted or given a new password: a running server logs them out."""
+    with contextlib.suppress(OSError, ValueError):  # no server: nobody is logged in
+        ask_server(data_dir, {"op": "end-console-sessions", "name": name}, 30)

@@ -157,10 +157,13 @@ class Session:
                 if self.decoder.in_frame():
                     raise ConnectionError("connection closed in the middle of a frame")
                 return None
+            self.ctx.metrics.received.inc(len(data))
             self.decoder.feed(data)
 
     async def _send(self, msg: m.Message, request_id: int) -> None:
-        self.writer.write(encode_frame(msg, request_id))
+        frame = encode_frame(msg, request_id)
+        self.ctx.metrics.sent.inc(len(frame))
+        self.writer.write(frame)
         # A peer that stops reading must not hold its session (and a connection slot) for ever.
         await asyncio.wait_for(self.writer.drain(), self.ctx.config.idle_timeout)
 
@@ -215,8 +218,16 @@ class Session:
 
     async def _handle(self, frame: Frame) -> bool:
         """Answer one request; False ends the connection."""
-        rid = frame.request_id
+        started = time.monotonic()
         msg = m.decode_message(m.REQUESTS, frame.msg_type, frame.payload)
+        try:
+            return await self._answer(msg, frame.request_id)
+        finally:
+            self.ctx.metrics.request_seconds.labels(m.describe(msg)).observe(
+                time.monotonic() - started
+            )
+
+    async def _answer(self, msg: m.Message, rid: int) -> bool:
         refusal = self.state.admit(msg)
         if refusal is not None:
             await self._send(refusal, rid)
@@ -279,6 +290,7 @@ class Session:
             async with asyncio.timeout(left):
                 user = await self._check_login(msg)
         except LoginRefused as exc:
+            self.ctx.metrics.auth_failures.inc()
             log.warning(
                 "%s: login for user %r refused: locked out for %.0f s after failed logins",
                 self.address,
@@ -333,6 +345,7 @@ class Session:
             user = await self._thread(self.ctx.userdb.get, msg.user)
             if not auth.verify(user, msg.auth_key) or user is None:
                 attempt.failed()
+                self.ctx.metrics.auth_failures.inc()
                 log.warning("%s: login failed for user %r", self.address, msg.user)
                 return None
             attempt.succeeded()
@@ -400,7 +413,7 @@ class Session:
             report = await self._thread(
                 functools.partial(store.gc, dry_run=bool(msg.dry_run), exclude=self)
             )
-            self._log_gc(user, report)
+            await self._log_gc(user, report)
             await self._send(m.Json(json.dumps(report.to_json())), rid)
         elif isinstance(msg, m.ReadBlobs):
             await self._stream_blobs(store.read(msg.ids), rid)
@@ -487,11 +500,12 @@ class Session:
             size += len(data)
         try:
             added = await self._thread(store.put, msg.blobs, user.quota)
-        except QuotaExceeded:
+        except QuotaExceeded as exc:
             # The backup fails here, before any commit: the admin's "last backup" says so.
             await self._thread(
                 self.ctx.userdb.record_backup, user.id, time.time_ns(), "failed (quota)"
             )
+            await self._thread(self.ctx.ops.add_event, user.id, "quota", str(exc))
             raise
         self.put_blobs += added
         self.put_bytes += size
@@ -531,9 +545,12 @@ class Session:
         except StrongroomError as exc:
             result = "failed (quota)" if isinstance(exc, QuotaExceeded) else "failed"
             await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), result)
+            await self._thread(self.ctx.ops.add_event, user.id, "commit", str(exc))
+            self.ctx.metrics.commits.labels("refused").inc()
             log.warning("%s: user %r: commit refused: %s", self.address, user.name, exc)
             raise
         await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), "ok")
+        self.ctx.metrics.commits.labels("ok").inc()
         log.info(
             "%s: user %r committed snapshot %s (%d blobs referenced, %d new blobs, %d bytes sent)",
             self.address,
@@ -576,7 +593,18 @@ class Session:
 
     async def _after_backup(self, user: User, store: UserStore) -> None:
         """The admin's retention policy, applied by the server itself (append-only accounts
-        too), then a GC of what it released. The client has its answer already."""
+        too), then a GC of what it released, then a point of the account's usage history.
+        The client has its answer already."""
+        try:
+            await self._retain(user, store)
+        finally:
+            await self._thread(self._record_usage, user, store)
+
+    def _record_usage(self, user: User, store: UserStore) -> None:
+        snapshots = int(store.store.query("SELECT COUNT(*) FROM snapshots")[0][0])
+        self.ctx.ops.record_usage(user.id, store.store.stored_bytes(), snapshots, "backup")
+
+    async def _retain(self, user: User, store: UserStore) -> None:
         policy = await self._thread(self.ctx.policy_for, user)
         if policy is None:
             return
@@ -594,7 +622,7 @@ class Session:
                 " ".join(removed),
             )
             report = await self._thread(functools.partial(store.gc, exclude=self))
-            self._log_gc(user, report)
+            await self._log_gc(user, report)
         except StrongroomError as exc:
             log.warning("%s: user %r: retention failed: %s", self.address, user.name, exc)
 
@@ -610,7 +638,9 @@ class Session:
         log.warning("%s: user %r reports a failed backup: %s", self.address, user.name, text)
         await self._send(m.Ok(), rid)
 
-    def _log_gc(self, user: User, report: GcReport) -> None:
+    async def _log_gc(self, user: User, report: GcReport) -> None:
+        if not report.dry_run:
+            await self._thread(self.ctx.note_gc, user, report.reclaimed_bytes)
         log.info(
             "%s: user %r: gc%s: %d blobs deleted, %d packs deleted, %d repacked, "
             "%d bytes reclaimed, %d blobs waiting for running backups",

@@ -133,6 +133,15 @@ def format_window(seconds: int) -> str:
     return f"{seconds}s"
 
 
+_EMAIL = re.compile(r"[^@\s,;<>\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}", re.ASCII)
+
+
+def validate_email(address: str) -> None:
+    """One plain address (what the alerts mail to); no display names, lists or headers."""
+    if len(address) > 254 or not _EMAIL.fullmatch(address):
+        raise UsageError(f"invalid e-mail address {address[:60]!r}")
+
+
 def parse_quota(text: str) -> int | None:
     """A quota: a size of at least 1 byte, or 'none' (no limit)."""
     if text.strip().lower() in ("none", "unlimited"):
@@ -336,11 +345,19 @@ class UserDB:
         append_only: bool | None = None,
         policy: str | Literal["unset"] | None = "unset",
         protect_window_s: int | None = None,
+        expected_interval_s: int | Literal["unset"] | None = "unset",
+        notify_email: str | Literal["unset"] | None = "unset",
     ) -> User:
         """Change the given settings (None / "unset" = leave alone; quota=None removes it,
         policy=None returns the user to the server's default policy)."""
         if protect_window_s is not None and not 0 <= protect_window_s <= MAX_WINDOW_S:
             raise UsageError("the protection window must be between 0 and 100 years")
+        if expected_interval_s not in ("unset", None) and not (
+            60 <= int(expected_interval_s) <= MAX_WINDOW_S
+        ):
+            raise UsageError("the expected backup interval must be between 1 minute and 100 years")
+        if isinstance(notify_email, str) and notify_email != "unset":
+            validate_email(notify_email)
         if directory is not None:
             validate_directory(directory)
         if quota != "unset":
@@ -369,6 +386,15 @@ class UserDB:
                     self._db.execute(
                         "UPDATE users SET protect_window_s = ? WHERE id = ?",
                         (protect_window_s, uid),
+                    )
+                if expected_interval_s != "unset":
+                    self._db.execute(
+                        "UPDATE users SET expected_interval_s = ? WHERE id = ?",
+                        (expected_interval_s, uid),
+                    )
+                if notify_email != "unset":
+                    self._db.execute(
+                        "UPDATE users SET notify_email = ? WHERE id = ?", (notify_email, uid)
                     )
                 if policy != "unset":
                     self._db.execute("UPDATE users SET policy = ? WHERE id = ?", (policy, uid))

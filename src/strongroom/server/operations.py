@@ -1,0 +1,154 @@
+"""What an admin does to accounts on a running server, with the same rules as the admin tool:
+used by the web console (and the control socket), so a click and a command behave alike.
+
+Every function is blocking (database and storage work): call it from a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..crypto import KdfParams
+from ..store import PackStore
+from ..store.scrub import scrub
+from .accounts import add_user, login_material
+from .config import default_kdf
+from .control import retain
+from .purge import finish_purges
+from .userdb import User
+
+if TYPE_CHECKING:
+    from .app import ServerContext
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The last GC or scrub of an account (or of the server), as the dashboard shows it."""
+
+    time_ns: int
+    user: str
+    summary: str
+    ok: bool
+
+
+def reset_kdf(user: User) -> KdfParams:
+    """An admin reset never lowers an account's cost: its clients refuse less than they used."""
+    floor = default_kdf()
+    return KdfParams(
+        memory_kib=max(floor.memory_kib, user.kdf.memory_kib),
+        iterations=max(floor.iterations, user.kdf.iterations),
+        lanes=floor.lanes,
+    )
+
+
+def create_user(ctx: ServerContext, name: str, password: bytes, **settings: Any) -> User:
+    return add_user(ctx.datadir, ctx.userdb, name, password, kdf=default_kdf(), **settings)
+
+
+def reset_password(ctx: ServerContext, user: User, password: bytes) -> None:
+    """New login verifier, must-change flag; the generation moves (sessions end: the caller
+    ends them on the loop)."""
+    kdf = reset_kdf(user)
+    salt, verifier = login_material(password, kdf)
+    ctx.userdb.set_login(user.id, salt=salt, kdf=kdf, auth_hash=verifier, must_change=True)
+
+
+def run_gc(ctx: ServerContext, user: User) -> dict[str, Any]:
+    """GC inside the server (it knows the sessions), as `strongroom-admin gc` does."""
+    token = object()
+    store = ctx.stores.acquire(user.storage_id, ctx.datadir.storage_path(user.storage_id), token)
+    try:
+        report = store.gc(exclude=token)
+    finally:
+        ctx.stores.release(user.storage_id, token)
+    ctx.note_gc(user, report.reclaimed_bytes)
+    return report.to_json()
+
+
+def apply_retention(ctx: ServerContext, user: User) -> list[str]:
+    token = object()
+    store = ctx.stores.acquire(user.storage_id, ctx.datadir.storage_path(user.storage_id), token)
+    try:
+        return retain(store, user, ctx.policy_for(user), dry_run=False)
+    finally:
+        ctx.stores.release(user.storage_id, token)
+
+
+def run_scrub(ctx: ServerContext, user: User) -> dict[str, Any]:
+    """Read every pack of the account and check it (no key); the result is kept for the
+    dashboard and the alerts."""
+    path = ctx.datadir.storage_path(user.storage_id)
+    store = PackStore(path)
+    try:
+        report = scrub(store).to_json()
+    finally:
+        store.close()
+    record_scrub(ctx, user, report)
+    return report
+
+
+def record_scrub(ctx: ServerContext, user: User, report: dict[str, Any]) -> None:
+    problems = len(report.get("problems", []))
+    summary = f"{report.get('packs', 0)} packs, {report.get('blobs', 0)} blobs: " + (
+        "ok" if problems == 0 else f"{problems} problem(s)"
+    )
+    record_run(ctx, "scrub", user, summary, problems == 0)
+
+
+def record_run(ctx: ServerContext, kind: str, user: User, summary: str, ok: bool) -> None:
+    value = json.dumps({"time_ns": time.time_ns(), "user": user.name, "summary": summary, "ok": ok})
+    ctx.userdb.set_setting(f"run:{kind}", value)
+    ctx.userdb.set_setting(f"run:{kind}:{user.id}", value)
+
+
+def last_run(ctx: ServerContext, kind: str, user: User | None = None) -> RunRecord | None:
+    raw = ctx.userdb.get_setting(f"run:{kind}" if user is None else f"run:{kind}:{user.id}")
+    if raw is None:
+        return None
+    try:
+        obj = json.loads(raw)
+        return RunRecord(
+            int(obj["time_ns"]), str(obj["user"]), str(obj["summary"]), bool(obj["ok"])
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def delete_user(ctx: ServerContext, user: User, *, purge: bool) -> bool:
+    """Delete the row (and queue the storage with `purge`); the caller has ended the sessions.
+    Returns whether the storage was removed now (not when something still holds it)."""
+    ctx.userdb.delete(user.name, purge=purge)
+    ctx.ops.forget_user(user.id)
+    if not purge:
+        return False
+    done = finish_purges(ctx.datadir, ctx.userdb, ctx.stores.is_open)
+    return user.storage_id in done
+
+
+def snapshot_sizes(ctx: ServerContext, user: User) -> dict[str, int]:
+    """Stored bytes each snapshot references (its manifest's blobs), by snapshot ID."""
+    path = ctx.datadir.storage_path(user.storage_id)
+    if not (path / "index.sqlite").is_file():
+        return {}
+    store = PackStore(path)
+    try:
+        rows = store.query(
+            "SELECT s.snap_id, COALESCE(SUM(b.length), 0) FROM snapshots s "
+            "LEFT JOIN snapshot_blobs sb ON sb.snapshot = s.id "
+            "LEFT JOIN blobs b ON b.id = sb.blob GROUP BY s.id"
+        )
+    finally:
+        store.close()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def set_protected(ctx: ServerContext, user: User, snap_id: str, protected: bool) -> bool:
+    token = object()
+    store = ctx.stores.acquire(user.storage_id, ctx.datadir.storage_path(user.storage_id), token)
+    try:
+        return store.store.set_protected(snap_id, protected)
+    finally:
+        ctx.stores.release(user.storage_id, token)

@@ -1,0 +1,1 @@
+"""The web console and /metrics, served by strongroom-server on its own HTTPS port."""
