@@ -514,6 +514,7 @@ def login(
 
 # forget, protect and prune live in their own module; importing it registers them on `cli`.
 from . import lifecycle  # noqa: E402, F401
+from . import schedule  # noqa: E402, F401  (schedule enable|status|disable)
 
 
 def main() -> None:
