@@ -512,9 +512,9 @@ def login(
     click.echo(f"logged in as {user} at {server}; {n} snapshot(s); your folder: {folder}")
 
 
-# forget, protect and prune live in their own module; importing it registers them on `cli`.
-from . import lifecycle  # noqa: E402, F401
-from . import schedule  # noqa: E402, F401  (schedule enable|status|disable)
+# forget, protect and prune (lifecycle) and `schedule` live in their own modules; importing
+# them registers them on `cli`.
+from . import lifecycle, schedule  # noqa: E402, F401
 
 
 def main() -> None:
