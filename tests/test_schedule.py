@@ -619,3 +619,96 @@ def test_windows_task_xml_with_windows_paths() -> None:
     ]
     with pytest.raises(UsageError, match="use --every or --daily on Windows"):
         windows.task_xml(command, Schedule(calendar="hourly"), now)
+
+
+# ---- the OS keyring (optional) ------------------------------------------------------------------
+
+
+def _has_keyring() -> bool:
+    try:
+        import keyring  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_keyring_holds_the_password(server: Server, alice: NetCli, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    sched = Scheduling(alice, tmp_path)
+    if not _has_keyring():
+        res = sched.run("enable", "--keyring", str(data), check=False, password=True)
+        assert "pip install 'strongroom[keyring]'" in one_line_error(res, 2)
+        assert not sched.units.exists()
+        return
+    store = tmp_path / "keyring.json"
+    keyring_env = {
+        "PYTHON_KEYRING_BACKEND": "keyring_backend_for_tests.FileKeyring",
+        "PYTHONPATH": str(Path(__file__).parent),
+        "STRONGROOM_TEST_KEYRING_FILE": str(store),
+    }
+    sched.env.update(keyring_env)
+    res = sched.run("enable", "--keyring", str(data), password=True)
+    assert "password: in the OS keyring" in res.stdout
+    entries = json.loads(store.read_text())
+    assert entries == {f"strongroom\n{server.address}|alice": PASSWORD}
+    assert not (sched.config / "schedule-password").exists()
+    for f in [*sched.units.iterdir(), *sched.config.iterdir()]:
+        assert PASSWORD not in f.read_text(errors="replace"), f
+
+    res = run_scheduled(sched.command(), tmp_path, env=keyring_env)
+    assert res.returncode == 0, res.stderr
+    assert len(alice.run("snapshots", "--json").json()) == 1
+    assert sched.status()["password"] == "keyring"
+
+    sched.run("disable")
+    assert json.loads(store.read_text()) == {}
+    assert list(sched.units.iterdir()) == []
+
+
+def test_enable_on_a_terminal_asks_trust_and_password(
+    server: Server, alice: NetCli, tmp_path: Path
+) -> None:
+    """No password file given: asked (hidden) and kept in a 0600 file in the config folder; an
+    unknown server's fingerprint is asked about and pinned in client.json, not in the units."""
+    from conftest import strongroom_exe
+    from terminal import Terminal
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    sched = Scheduling(alice, tmp_path)
+    env = {**alice.env, **sched.env}
+    for name in ("STRONGROOM_PASSWORD", "STRONGROOM_FINGERPRINT"):
+        env.pop(name)
+    term = Terminal([*strongroom_exe(), "schedule", "enable", "--every", "2h", str(data)], env)
+    term.answer("Password for alice at", PASSWORD)
+    term.answer("Trust this server?", "y")
+    assert term.finish(60) == 0, term.seen
+    assert PASSWORD not in term.seen
+    assert "scheduled backups enabled: every 2h" in term.seen
+    pw = sched.config / "schedule-password"
+    assert stat.S_IMODE(pw.stat().st_mode) == 0o600 and pw.read_text() == PASSWORD + "\n"
+    cfg = json.loads((sched.config / "client.json").read_text())
+    assert cfg["fingerprints"] == {server.address: server.fingerprint}
+    assert json.loads((sched.config / "schedule.json").read_text())["fingerprint"] is None
+
+    res = run_scheduled(sched.command(), tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert len(alice.run("snapshots", "--json").json()) == 1
+
+
+def test_enable_checks_the_password_now(alice: NetCli, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    sched = Scheduling(alice, tmp_path)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the password\n")
+    wrong.chmod(0o600)
+    res = sched.run("enable", "--password-file", str(wrong), str(data), check=False)
+    assert "wrong user name or password" in one_line_error(res, 1)
+    assert not sched.units.exists() and not (sched.config / "schedule.json").exists()
+    # No folder given, and none recorded for alice on the server: said now, not at 2:30.
+    res = sched.run("enable", "--password-file", str(password_file(tmp_path)), check=False)
+    assert "no folder is recorded for you on the server" in one_line_error(res, 2)

@@ -79,7 +79,9 @@ def _location(where: Where, settings: ScheduleSettings) -> None:
         )
     key = format_address(*parse_address(server))
     settings.server, settings.user = key, user
-    settings.fingerprint = where.fingerprint or cfg.fingerprints.get(key)
+    # Only a fingerprint given now is kept with the schedule; a pinned one stays in client.json,
+    # where re-pinning a renewed certificate ('strongroom login --fingerprint') reaches it too.
+    settings.fingerprint = where.fingerprint
     settings.ca_file = os.path.abspath(where.ca_file) if where.ca_file else None
 
 
@@ -109,10 +111,24 @@ def _verify(settings: ScheduleSettings, password: bytes) -> None:
                 "no folder is recorded for you on the server: give the folders to back up "
                 "(e.g. strongroom schedule enable ~/Documents)"
             )
-        if settings.ca_file is None:
-            settings.fingerprint = repo.transport.fingerprint
+        if settings.ca_file is None and settings.fingerprint is None:
+            _remember_fingerprint(settings.server, repo.transport.fingerprint)
     finally:
         repo.close()
+
+
+def _remember_fingerprint(server: str, fingerprint: str) -> None:
+    """A server trusted just now (on a terminal) is pinned in client.json, as `login` does."""
+    cfg = ClientConfig.load()
+    if server not in cfg.fingerprints:
+        cfg.fingerprints[server] = fingerprint
+        cfg.save()
+
+
+def _fingerprint_known(settings: ScheduleSettings) -> bool:
+    if settings.repo or settings.fingerprint or settings.ca_file:
+        return True
+    return bool(settings.server and settings.server in ClientConfig.load().fingerprints)
 
 
 def _clean_previous(old: ScheduleSettings, new: ScheduleSettings | None) -> list[str]:
@@ -230,7 +246,7 @@ def enable(
             settings.password_file_generated = True
         who = settings.account()
         password = read_password(None, confirm=no_verify, prompt=f"Password for {who}")
-    if not settings.repo and not settings.fingerprint and not settings.ca_file and no_verify:
+    if no_verify and not _fingerprint_known(settings):
         raise UsageError(
             "this server's certificate is not pinned yet: log in once with 'strongroom login', "
             "give --fingerprint, or leave out --no-verify"
@@ -365,7 +381,11 @@ def status(as_json: bool) -> None:
 def disable() -> None:
     """Stop scheduled backups and remove what `enable` wrote."""
     folder = config_dir().absolute()
-    settings = load_settings(folder)
+    try:
+        settings = load_settings(folder)
+    except StrongroomError:
+        _disable_damaged(folder)
+        return
     if settings is None:
         click.echo("scheduled backups are not enabled")
         return
@@ -373,6 +393,33 @@ def disable() -> None:
     for path in (settings_path(folder), status_path(folder)):
         path.unlink(missing_ok=True)
     click.echo("scheduled backups disabled; removed: " + ", ".join(settings.files))
+    for note in notes:
+        click.echo(f"note: {display(note)}", err=True)
+
+
+def _disable_damaged(folder: Path) -> None:
+    """schedule.json cannot be read: remove what enable writes in its usual places."""
+    platform = current_platform()
+    backend = backend_for(platform, platform != "windows" and is_admin(), folder)
+    notes = backend.deactivate()
+    removed = [str(p) for p in backend.paths() if p.exists()]
+    for path in [
+        *backend.paths(),
+        folder / PASSWORD_NAME,
+        settings_path(folder),
+        status_path(folder),
+    ]:
+        path.unlink(missing_ok=True)
+    backend.reload()
+    click.echo(
+        f"removed a damaged {settings_path(folder)}"
+        + (f" and {', '.join(removed)}" if removed else "")
+    )
+    click.echo(
+        "note: an OS keyring entry named 'strongroom', if enable made one, is left: "
+        "remove it with your keyring tool",
+        err=True,
+    )
     for note in notes:
         click.echo(f"note: {display(note)}", err=True)
 

@@ -68,6 +68,9 @@ class LaunchdBackend:
     def describe(self) -> str:
         return f"launchd {'daemon' if self.system else 'agent'} {LABEL} ({self.path})"
 
+    def paths(self) -> list[Path]:
+        return [self.path]
+
     def generate(self, settings: ScheduleSettings) -> dict[Path, bytes]:
         return {self.path: plist_bytes(settings.command, settings.schedule, self.log_file)}
 

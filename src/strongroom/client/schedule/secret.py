@@ -46,7 +46,7 @@ def read_password_file(path: Path) -> bytes:
         raw = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read password file {path}: {exc.strerror}") from None
-    password = raw.split(b"\n", 1)[0].rstrip(b"\r")
+    password = raw.rstrip(b"\r\n")  # as every --password-file is read (cli/secrets_input.py)
     if not password:
         raise UsageError(f"password file {path} is empty")
     return password

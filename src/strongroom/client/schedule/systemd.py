@@ -108,12 +108,14 @@ class SystemdBackend:
         kind = "system" if self.system else "user"
         return f"systemd {kind} timer {UNIT}.timer ({self.unit_dir})"
 
+    def paths(self) -> list[Path]:
+        return [self.unit_dir / f"{UNIT}.service", self.unit_dir / f"{UNIT}.timer"]
+
     def generate(self, settings: ScheduleSettings) -> dict[Path, bytes]:
+        service, timer = self.paths()
         return {
-            self.unit_dir / f"{UNIT}.service": service_unit(
-                settings.command, system=self.system
-            ).encode("utf-8"),
-            self.unit_dir / f"{UNIT}.timer": timer_unit(settings.schedule).encode("utf-8"),
+            service: service_unit(settings.command, system=self.system).encode("utf-8"),
+            timer: timer_unit(settings.schedule).encode("utf-8"),
         }
 
     def _usable(self) -> str | None:

@@ -109,6 +109,9 @@ class WindowsBackend:
     def describe(self) -> str:
         return f"Task Scheduler task {TASK_NAME} ({self.path})"
 
+    def paths(self) -> list[Path]:
+        return [self.path]
+
     def generate(self, settings: ScheduleSettings) -> dict[Path, bytes]:
         xml = task_xml(settings.command, settings.schedule, self.now)
         return {self.path: task_file_bytes(xml)}
