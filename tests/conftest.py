@@ -126,5 +126,14 @@ def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Each phase's report on the test item (`item.rep_call`): fixtures that keep evidence
+    of a failure (the browser tests' screenshots) look at it."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
+
+
 # Network fixtures (a real strongroom-server per test): see tests/netfixtures.py.
 pytest_plugins = ["netfixtures"]

@@ -111,6 +111,8 @@ class AlertLoop:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.cfg = ctx.config
+        # ((user ID, kind), event, channel) -> the notice that channel could not take yet
+        self.retry: dict[tuple[tuple[int, str], str, str], Notice] = {}
 
     async def run(self) -> None:
         while True:
@@ -127,26 +129,34 @@ class AlertLoop:
         now = time.time_ns()
         repeat_ns = int(self.cfg.alert_repeat * 1e9)
         current = {(a.user_id, a.kind): a for a in await asyncio.to_thread(self.ctx.ops.alerts)}
+        # Notices a channel could not take last time, that still make sense: try again.
+        for pending in list(self.retry):
+            alert_key, event, _channel = pending
+            if (event == "resolved") == (alert_key in wanted):
+                del self.retry[pending]  # it came back, or it was resolved meanwhile
+        for pending, notice in list(self.retry.items()):
+            if await self._send(notice, pending[2]):
+                del self.retry[pending]
         for key, detail in wanted.items():
             await asyncio.to_thread(self.ctx.ops.raise_alert, key[0], key[1], detail)
         for alert in await asyncio.to_thread(self.ctx.ops.alerts):
             key = (alert.user_id, alert.kind)
             if key not in wanted:
                 continue
-            if alert.last_sent_ns is None:  # new, or its first notice could not be sent
+            if alert.last_sent_ns is None:
                 event = "firing"
             elif now - alert.last_sent_ns >= repeat_ns:
                 event = "repeat"
             else:
                 continue
-            if await self._notify(Notice(event, alert, *users.get(alert.user_id, (None, None)))):
-                await asyncio.to_thread(self.ctx.ops.alert_sent, alert.user_id, alert.kind, now)
+            await self._notify(Notice(event, alert, *users.get(alert.user_id, (None, None))))
+            await asyncio.to_thread(self.ctx.ops.alert_sent, alert.user_id, alert.kind, now)
         for key in current:
             if key in wanted:
                 continue
             cleared = await asyncio.to_thread(self.ctx.ops.clear_alert, *key)
             if cleared is not None and cleared.last_sent_ns is not None:
-                # Told about it, so told that it is over (best effort: the alert is gone).
+                # Told about it, so told that it is over.
                 await self._notify(Notice("resolved", cleared, *users.get(key[0], (None, None))))
 
     def _evaluate(self) -> tuple[dict[tuple[int, str], str], dict[int, tuple[str, str | None]]]:
@@ -175,27 +185,39 @@ class AlertLoop:
         }
         return wanted, users
 
-    async def _notify(self, notice: Notice) -> bool:
-        """Send by every configured channel; True if every one took it."""
-        ok = True
-        recipients = [a.strip() for a in self.cfg.alert_email.split(",") if a.strip()]
-        if notice.email and notice.alert.kind != "disk":
-            recipients.append(notice.email)
-        if recipients and self.cfg.smtp_host:
-            try:
-                await asyncio.to_thread(self._mail, notice, recipients)
-            except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
-                log.warning("alert mail not sent (%s); will retry: %s", notice.subject, exc)
-                ok = False
+    def _channels(self) -> list[str]:
+        out = []
+        if self.cfg.smtp_host and (self.cfg.alert_email.strip() or self.cfg.notify_users):
+            out.append("mail")
         if self.cfg.alert_webhook:
-            try:
+            out.append("webhook")
+        return out
+
+    async def _notify(self, notice: Notice) -> None:
+        """Send by every configured channel; what one could not take is retried at the next
+        checks, by that channel only (the others are not sent the same notice twice)."""
+        for channel in self._channels():
+            if not await self._send(notice, channel):
+                self.retry[((notice.alert.user_id, notice.alert.kind), notice.event, channel)] = (
+                    notice
+                )
+
+    async def _send(self, notice: Notice, channel: str) -> bool:
+        try:
+            if channel == "mail":
+                recipients = [a.strip() for a in self.cfg.alert_email.split(",") if a.strip()]
+                if notice.email and notice.alert.kind != "disk":
+                    recipients.append(notice.email)
+                if not recipients:
+                    return True
+                await asyncio.to_thread(self._mail, notice, recipients)
+            else:
                 await self._post(notice)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                log.warning("alert webhook not sent (%s); will retry: %s", notice.subject, exc)
-                ok = False
-        if ok:
-            log.info("alert %s: %s", notice.event, notice.subject)
-        return ok
+        except (OSError, smtplib.SMTPException, ssl.SSLError, aiohttp.ClientError) as exc:
+            log.warning("alert %s not sent (%s); will retry: %s", channel, notice.subject, exc)
+            return False
+        log.info("alert %s by %s: %s", notice.event, channel, notice.subject)
+        return True
 
     def _mail(self, notice: Notice, recipients: list[str]) -> None:
         cfg = self.cfg

@@ -42,12 +42,18 @@ log = logging.getLogger("strongroom.server")
 LOGIN_COOKIE = "__Host-strongroom-login"  # double-submit CSRF token of the login form
 _SESSION_KEY: web.RequestKey[ConsoleSession] = web.RequestKey("session", ConsoleSession)
 
+_FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    b'<rect x="1" y="1" width="14" height="14" rx="3" fill="#1f4fd6"/>'
+    b'<rect x="5" y="5" width="6" height="6" rx="1" fill="#fff"/></svg>'
+)
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_PUBLIC = ("/login", "/metrics", "/favicon.ico")
 
 
 class Console:
@@ -94,6 +100,7 @@ class Console:
         app.router.add_post("/users/{name}/scrub", self.act(actions.scrub))
         app.router.add_post("/users/{name}/delete", self.act(actions.delete))
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/favicon.ico", self.favicon)
         app.router.add_static("/static", self.static, follow_symlinks=False)
         return app
 
@@ -105,7 +112,8 @@ class Console:
             response = exc
         response.headers.setdefault("Content-Security-Policy", _CSP)
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # same-origin, not no-referrer: with no-referrer browsers send "Origin: null" with forms
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Strict-Transport-Security"] = "max-age=31536000"
         if not request.path.startswith("/static/"):
@@ -116,7 +124,7 @@ class Console:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in ("/login", "/metrics") or request.path.startswith("/static/"):
+        if request.path in _PUBLIC or request.path.startswith("/static/"):
             return await handler(request)
         session = self.sessions.get(request.cookies.get(COOKIE))
         if session is None:
@@ -137,7 +145,11 @@ class Console:
     # ---- login --------------------------------------------------------------------------------
 
     async def login_form(self, request: web.Request, error: str = "") -> web.Response:
-        token = secrets.token_urlsafe(24)
+        # One token per browser until it logs in: a second load of the form (another tab, a
+        # redirect for the favicon) must not invalidate the first one's token.
+        token = request.cookies.get(LOGIN_COOKIE, "")
+        if not (20 <= len(token) <= 64 and token.replace("-", "").replace("_", "").isalnum()):
+            token = secrets.token_urlsafe(24)
         response = self.render("login.html", csrf=token, error=error, admin=None)
         response.set_cookie(
             LOGIN_COOKIE, token, secure=True, httponly=True, samesite="Strict", path="/"
@@ -233,6 +245,9 @@ class Console:
     @staticmethod
     def _flash(session: ConsoleSession, kind: str, message: str) -> None:
         session.flashes = [*session.flashes[-4:], (kind, message)]
+
+    async def favicon(self, request: web.Request) -> web.Response:
+        return web.Response(body=_FAVICON, content_type="image/svg+xml")
 
     # ---- metrics ------------------------------------------------------------------------------
 
