@@ -165,10 +165,6 @@ class LocalCache:
             out[cid] = ContentRef(blob_id, offset, length)
         return out
 
-    @staticmethod
-    def small_record(cid: bytes, blob_id: bytes, offset: int, length: int) -> bytes:
-        return _SMALL_RECORD.pack(cid, blob_id, offset, length)
-
     def add_small(self, data: bytes) -> None:
         """Append packed records (see small_record). Entries whose bundle never reached the
         repository are harmless: lookups keep only blobs the repository has."""
@@ -184,6 +180,11 @@ class LocalCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def small_record(cid: bytes, blob_id: bytes, offset: int, length: int) -> bytes:
+    """One record of the small-file map (content ID, bundle, offset, length)."""
+    return _SMALL_RECORD.pack(cid, blob_id, offset, length)
 
 
 def _folder_name(repo_id: str) -> str:

@@ -143,6 +143,62 @@ def encode_tree(nodes: list[Node]) -> bytes:
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
+# The backup's hot path works on entries in their encoded form (`Node.encode()` dicts, keys in
+# canonical order) instead of Node objects: an unchanged file of a changed folder is then
+# copied from the parent's tree without being decoded into a Node and encoded again.
+Entry = dict[str, Any]
+
+
+def encode_entries(entries: list[Entry]) -> bytes:
+    """What `encode_tree` gives for the nodes these `Node.encode()` dicts describe."""
+    keyed = sorted(((name_key(e["name"]), e) for e in entries), key=_first)
+    for (prev, _p), (cur, e) in itertools.pairwise(keyed):
+        if prev == cur:
+            raise ValueError(f"duplicate name in tree: {e['name']!r}")
+    return _ENCODER.encode({"entries": [e for _k, e in keyed], "v": TREE_VERSION}).encode()
+
+
+def _first(pair: tuple[bytes, Entry]) -> bytes:
+    return pair[0]
+
+
+def decode_entries(raw: bytes) -> dict[str, Entry]:
+    """A tree's entries by name, as encoded dicts: only the checks the backup relies on (the
+    blob is authenticated; `decode_tree` is the full validation)."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError("tree blob is not valid JSON") from exc
+    if not isinstance(doc, dict) or doc.get("v") != TREE_VERSION:
+        raise IntegrityError("tree blob has an unsupported version")
+    out: dict[str, Entry] = {}
+    for e in _list(doc.get("entries")):
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+            raise IntegrityError("tree entry is not an object")
+        if e.get("type") not in TYPES:
+            raise IntegrityError("tree entry has an unknown type")
+        out[e["name"]] = e
+    return out
+
+
+def entry_subtree(entry: Entry) -> bytes | None:
+    """An encoded folder entry's subtree ID (None if it has none or a malformed one)."""
+    raw = entry.get("subtree")
+    if not isinstance(raw, str) or len(raw) != 64:
+        return None
+    try:
+        return bytes.fromhex(raw)
+    except ValueError:
+        return None
+
+
+def entry_refs(entry: Entry) -> list[bytes]:
+    """The blob IDs an encoded file entry's content references (checked)."""
+    out = []
+    for ref in _list(entry.get("content", [])):
+        out.append(ContentRef.decode(ref).blob_id)
+    return out
+
 
 def replace_subtrees(raw: bytes, subtrees: dict[str, bytes]) -> bytes | None:
     """The same tree with new subtree IDs for its folders, encoded exactly as encode_tree would.
