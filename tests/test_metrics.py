@@ -92,3 +92,24 @@ def test_metrics_need_the_token_when_one_is_set(tmp_path: Path) -> None:
         assert "strongroom_users" in scrape(server, "a-long-random-metrics-token")
     finally:
         server.kill()
+
+
+def test_the_deploy_examples_use_metrics_that_exist(tmp_path: Path) -> None:
+    """deploy/prometheus-alerts.yml and deploy/grafana-dashboard.json name only metrics the
+    server exposes (a renamed metric would silently break someone's alerts)."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent / "deploy"
+    wanted = set()
+    for name in ("prometheus-alerts.yml", "grafana-dashboard.json"):
+        wanted |= set(re.findall(r"strongroom_[a-z_]+", (root / name).read_text()))
+    server = console_server(tmp_path)
+    try:
+        alice = server.add_user("alice", tmp_path, extra=("--quota", "1G"))
+        alice.backup(tmp_path / "client-alice")
+        exposed = set(scrape(server))
+    finally:
+        server.kill()
+    missing = {w for w in wanted if w not in exposed and f"{w}_total" not in exposed}
+    assert not missing, f"not exposed by /metrics: {sorted(missing)}"
+    json.loads((root / "grafana-dashboard.json").read_text())

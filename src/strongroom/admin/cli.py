@@ -227,6 +227,16 @@ def user_passwd(admin: Admin, name: str, password_stdin: bool) -> None:
     help="Append-only: the server's policy never removes a snapshot received within this "
     "long, e.g. 14d or 0 (off).",
 )
+@click.option(
+    "--expected-interval",
+    metavar="DURATION|default",
+    help="A backup is overdue (stale alert) after this long without a success, e.g. 26h.",
+)
+@click.option(
+    "--notify-email",
+    metavar="ADDRESS|none",
+    help="Also tell the user about their own alerts (with notify_users on the server).",
+)
 @policy_options
 @click.option("--no-policy", is_flag=True, help="Use the server's default policy again.")
 @pass_admin
@@ -238,6 +248,8 @@ def user_set(
     quota: str | None,
     append_only: bool | None,
     protection_window: str | None,
+    expected_interval: str | None,
+    notify_email: str | None,
     no_policy: bool,
     **keep: Any,
 ) -> None:
@@ -251,11 +263,17 @@ def user_set(
     elif not policy.is_empty():
         new_policy = json.dumps(policy.to_json())
     window = parse_window(protection_window) if protection_window is not None else None
+    interval: int | Literal["unset"] | None = "unset"
+    if expected_interval is not None:
+        interval = None if expected_interval == "default" else parse_window(expected_interval)
+    email: str | Literal["unset"] | None = "unset"
+    if notify_email is not None:
+        email = None if notify_email.lower() == "none" else notify_email
     nothing = (directory, quota, append_only, window) == (None, None, None, None)
-    if nothing and new_policy == "unset":
+    if nothing and new_policy == "unset" and interval == "unset" and email == "unset":
         raise UsageError(
             "nothing to change: give --directory, --quota, --(no-)append-only, "
-            "--protection-window or --keep-*"
+            "--protection-window, --expected-interval, --notify-email or --keep-*"
         )
     before = admin.existing(name)
     changed = admin.db.update(
@@ -265,6 +283,8 @@ def user_set(
         append_only=append_only,
         policy=new_policy,
         protect_window_s=window,
+        expected_interval_s=interval,
+        notify_email=email,
     )
     if changed.generation != before.generation:  # the append-only flag changed
         end_sessions_now(admin.datadir.root, changed.id, "the admin changed this account")
@@ -332,6 +352,10 @@ def user_json(u: User) -> dict[str, Any]:
         "append_only": u.append_only,
         "protection_window": format_window(u.protect_window_s),
         "protection_window_s": u.protect_window_s,
+        "expected_interval_s": u.expected_interval_s,
+        "notify_email": u.notify_email,
+        "last_success": iso(u.last_success_ns),
+        "last_success_ns": u.last_success_ns,
         "must_change_password": u.must_change_password,
         "has_keys": u.keyfile is not None,
         "storage_id": u.storage_id,

@@ -16,6 +16,7 @@ from ..cli import format as fmt
 from ..errors import EXIT_ERROR, StrongroomError, UsageError
 from ..retention import Policy
 from ..server.control import ask_server, retain
+from ..server.operations import record_scrub
 from ..server.policy import policy_for
 from ..server.stores import UserStore, metadata_charge
 from ..server.userdb import User
@@ -179,6 +180,7 @@ def scrub(admin: Admin, name: str | None, as_json: bool) -> None:
             reports[user.name] = scrub_store(store).to_json()
         finally:
             store.close()
+        record_scrub(admin.db, user, reports[user.name])  # for the dashboard and the alerts
     damaged = any(not r["ok"] for r in reports.values())
     if as_json:
         click.echo(json.dumps(reports))

@@ -166,7 +166,7 @@ class AlertLoop:
         record_daily_usage(self.ctx.ops, statuses)
         wanted = conditions(statuses)
         for st in statuses:
-            scrubbed = last_run(self.ctx, "scrub", st.user)
+            scrubbed = last_run(self.ctx.userdb, "scrub", st.user)
             if scrubbed is not None and not scrubbed.ok:
                 wanted[(st.user.id, "damage")] = f"scrub found damage: {scrubbed.summary}"
         history = self.ctx.ops.total_usage(time.time_ns() - 30 * DAY_NS)

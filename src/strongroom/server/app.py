@@ -79,7 +79,7 @@ class ServerContext:
         """A GC ran for the user (blocking: call from a thread)."""
         self.metrics.gc_runs.inc()
         self.metrics.gc_reclaimed.inc(reclaimed_bytes)
-        record_run(self, "gc", user, f"{reclaimed_bytes} bytes reclaimed", True)
+        record_run(self.userdb, "gc", user, f"{reclaimed_bytes} bytes reclaimed", True)
 
     async def end_sessions(
         self, user_id: int, reason: str, *, keep: Session | None = None, wait: float = 10.0

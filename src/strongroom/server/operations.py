@@ -18,7 +18,7 @@ from .accounts import add_user, login_material
 from .config import default_kdf
 from .control import retain
 from .purge import finish_purges
-from .userdb import User
+from .userdb import User, UserDB
 
 if TYPE_CHECKING:
     from .app import ServerContext
@@ -86,26 +86,27 @@ def run_scrub(ctx: ServerContext, user: User) -> dict[str, Any]:
         report = scrub(store).to_json()
     finally:
         store.close()
-    record_scrub(ctx, user, report)
+    record_scrub(ctx.userdb, user, report)
     return report
 
 
-def record_scrub(ctx: ServerContext, user: User, report: dict[str, Any]) -> None:
+def record_scrub(userdb: UserDB, user: User, report: dict[str, Any]) -> None:
+    """Keep a scrub's outcome for the dashboard and the alerts (the admin tool's scrub too)."""
     problems = len(report.get("problems", []))
     summary = f"{report.get('packs', 0)} packs, {report.get('blobs', 0)} blobs: " + (
         "ok" if problems == 0 else f"{problems} problem(s)"
     )
-    record_run(ctx, "scrub", user, summary, problems == 0)
+    record_run(userdb, "scrub", user, summary, problems == 0)
 
 
-def record_run(ctx: ServerContext, kind: str, user: User, summary: str, ok: bool) -> None:
+def record_run(userdb: UserDB, kind: str, user: User, summary: str, ok: bool) -> None:
     value = json.dumps({"time_ns": time.time_ns(), "user": user.name, "summary": summary, "ok": ok})
-    ctx.userdb.set_setting(f"run:{kind}", value)
-    ctx.userdb.set_setting(f"run:{kind}:{user.id}", value)
+    userdb.set_setting(f"run:{kind}", value)
+    userdb.set_setting(f"run:{kind}:{user.id}", value)
 
 
-def last_run(ctx: ServerContext, kind: str, user: User | None = None) -> RunRecord | None:
-    raw = ctx.userdb.get_setting(f"run:{kind}" if user is None else f"run:{kind}:{user.id}")
+def last_run(userdb: UserDB, kind: str, user: User | None = None) -> RunRecord | None:
+    raw = userdb.get_setting(f"run:{kind}" if user is None else f"run:{kind}:{user.id}")
     if raw is None:
         return None
     try:

@@ -105,8 +105,8 @@ class OpsDB:
         return [UsagePoint(int(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows]
 
     def total_usage(self, since_ns: int = 0) -> list[UsagePoint]:
-        """The whole server's stored bytes over time: each user's latest point, summed at every
-        point in time where any user's usage changed."""
+        """The whole server's stored bytes over time, one point per day: at the end of each day,
+        the sum of every account's latest figure so far (accounts carry their last value)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT user_id, time_ns, stored_bytes, snapshots FROM usage_history "
@@ -114,18 +114,17 @@ class OpsDB:
                 (since_ns,),
             ).fetchall()
         latest: dict[int, tuple[int, int]] = {}
-        out: list[UsagePoint] = []
+        by_day: dict[int, UsagePoint] = {}
         for user_id, time_ns, stored, snaps in rows:
             latest[int(user_id)] = (int(stored), int(snaps))
-            out.append(
-                UsagePoint(
-                    int(time_ns),
-                    sum(v[0] for v in latest.values()),
-                    sum(v[1] for v in latest.values()),
-                    "total",
-                )
+            day = int(time_ns) - int(time_ns) % DAY_NS
+            by_day[day] = UsagePoint(
+                int(time_ns),
+                sum(v[0] for v in latest.values()),
+                sum(v[1] for v in latest.values()),
+                "total",
             )
-        return out
+        return [by_day[d] for d in sorted(by_day)]
 
     # ---- events -------------------------------------------------------------------------------
 

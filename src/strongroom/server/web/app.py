@@ -77,6 +77,7 @@ class Console:
             ago=_ago,
             duration=_duration,
             exact_size=_exact_size,
+            date=_date,
         )
         self.static = Path(str(resources.files("strongroom.server.web") / "static"))
         self.metrics_token = _read_token(ctx.config.metrics_token_file)
@@ -331,6 +332,12 @@ def _when(time_ns: int | None) -> str:
     return datetime.fromtimestamp(time_ns / 1e9, UTC).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
+def _date(time_ns: int | None) -> str:
+    if time_ns is None:
+        return "—"
+    return datetime.fromtimestamp(time_ns / 1e9, UTC).astimezone().strftime("%Y-%m-%d")
+
+
 def _ago(time_ns: int | None) -> str:
     if time_ns is None:
         return "never"
@@ -341,7 +348,7 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = max(0.0, float(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
+    for unit, size, above in (("d", 86400, 3 * 86400), ("h", 3600, 3600), ("min", 60, 60)):
+        if seconds >= above:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds:.0f} s"

@@ -37,8 +37,8 @@ def dashboard_page(ctx: ServerContext) -> dict[str, Any]:
         },
         "disk": disk,
         "alerts": [(names.get(a.user_id, "server"), a) for a in alerts],
-        "last_gc": last_run(ctx, "gc"),
-        "last_scrub": last_run(ctx, "scrub"),
+        "last_gc": last_run(ctx.userdb, "gc"),
+        "last_scrub": last_run(ctx.userdb, "scrub"),
         "chart": _chart([(p.time_ns, p.stored_bytes, p.snapshots) for p in history]),
         "default_interval": ctx.config.expected_interval,
     }
@@ -73,8 +73,8 @@ def user_page(ctx: ServerContext, name: str) -> dict[str, Any] | None:
         "policy": policy.describe() if policy is not None else "none (keep everything)",
         "own_policy": own_policy,
         "window": format_window(user.protect_window_s),
-        "last_gc": last_run(ctx, "gc", user),
-        "last_scrub": last_run(ctx, "scrub", user),
+        "last_gc": last_run(ctx.userdb, "gc", user),
+        "last_scrub": last_run(ctx.userdb, "scrub", user),
         "alerts": [a for a in ctx.ops.alerts() if a.user_id == user.id],
         "default_interval": ctx.config.expected_interval,
     }
