@@ -247,3 +247,49 @@ def test_a_user_is_told_too_and_an_unreachable_mail_server_is_retried(tmp_path: 
     finally:
         server.kill()
         hooks.close()
+
+
+def test_conditions_on_accounts() -> None:
+    """The rules alone: overdue (or never), failed, quota at 90 %; nothing for a new account."""
+    from strongroom.crypto import KdfParams
+    from strongroom.server.alerts import conditions
+    from strongroom.server.overview import AccountStatus
+    from strongroom.server.userdb import User
+
+    now = time.time_ns()
+
+    def status(**kw: Any) -> AccountStatus:
+        fields: dict[str, Any] = {
+            "id": kw.pop("id"),
+            "name": "u",
+            "storage_id": "0" * 32,
+            "directory": "",
+            "salt": b"s" * 16,
+            "kdf": KdfParams(),
+            "auth_hash": b"",
+            "keyfile": None,
+            "must_change_password": False,
+            "quota": kw.pop("quota", None),
+            "append_only": False,
+            "created_ns": now,
+            "last_backup_ns": kw.get("last_success_ns"),
+            "last_backup_result": kw.pop("result", "ok"),
+            "last_success_ns": kw.pop("last_success_ns", None),
+        }
+        used = kw.pop("used", 0)
+        overdue = kw.pop("overdue", False)
+        return AccountStatus(User(**fields), used, used, 1, 3600, overdue, "ok")
+
+    found = conditions(
+        [
+            status(id=1, last_success_ns=now),
+            status(id=2, last_success_ns=now - 10**13, overdue=True),
+            status(id=3, overdue=True),
+            status(id=4, last_success_ns=now, result="failed (quota)"),
+            status(id=5, last_success_ns=now, quota=1000, used=950),
+            status(id=6, last_success_ns=now, quota=1000, used=899),
+        ]
+    )
+    assert set(found) == {(2, "stale"), (3, "stale"), (4, "failed"), (5, "quota")}
+    assert "last: never" in found[(3, "stale")]
+    assert "95 % of the quota" in found[(5, "quota")]
