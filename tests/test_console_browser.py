@@ -53,9 +53,11 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     p.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     p.on(
         "response",
-        lambda r: errors.append(f"HTTP {r.status} {r.request.method} {r.url}")
-        if r.status >= 400
-        else None,
+        lambda r: (
+            errors.append(f"HTTP {r.status} {r.request.method} {r.url}")
+            if r.status >= 400
+            else None
+        ),
     )
     try:
         yield p

@@ -58,8 +58,7 @@ def test_metrics_match_usage_and_count_what_happened(tmp_path: Path) -> None:
             assert metrics["strongroom_user_stored_bytes"][key] == usage[name]["stored_bytes"]
             assert metrics["strongroom_user_snapshots"][key] == usage[name]["snapshots"]
             assert (
-                metrics["strongroom_user_quota_used_bytes"][key]
-                == usage[name]["quota_used_bytes"]
+                metrics["strongroom_user_quota_used_bytes"][key] == usage[name]["quota_used_bytes"]
             )
         assert metrics["strongroom_user_quota_bytes"] == {("user=alice",): 1024**3}
         assert metrics["strongroom_user_last_backup_success"][("user=alice",)] == 1
