@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -125,8 +126,7 @@ def test_parent_trees_prefetched_or_not_give_the_same_trees(tmp_path: Path) -> N
         tids = [saver.save(BlobType.TREE, raw) for raw in raws]
         repo.flush()
         trees = ParentTrees(repo)
-        for tid in tids[:150]:
-            trees.prefetch(tid)
+        trees.prefetch(tids[:150])
         # Asked for at once, while the loader may still hold them: no tree is lost or swapped.
         assert [trees.get(t).raw for t in tids] == raws
         assert trees.entries(None, print) == {}
@@ -136,3 +136,30 @@ def test_parent_trees_prefetched_or_not_give_the_same_trees(tmp_path: Path) -> N
         trees.close()
     finally:
         repo.close()
+
+
+json_text = st.text(st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=12)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | json_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(json_text, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_fast_json_gives_the_canonical_bytes(doc: object) -> None:
+    # orjson where it can, `json` otherwise: the bytes must always be those of `json`.
+    canonical = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
+    assert tree.dumps(doc) == canonical
+    assert tree.loads(canonical) == json.loads(canonical)
+
+
+def test_fast_json_agrees_on_every_ascii_character() -> None:
+    for code in range(128):
+        doc = {"name": f"{chr(code)}x{chr(code)}", "n": [code, -code]}
+        assert tree.dumps(doc) == json.dumps(doc, separators=(",", ":")).encode()
+    surrogate = {"name": "\udc80\udcff"}  # a non-UTF-8 file name byte
+    raw = tree.dumps(surrogate)
+    assert raw == b'{"name":"\\udc80\\udcff"}'
+    assert tree.loads(raw) == surrogate

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from .. import tree
 from ..cache import CachedDir
-from ..errors import IntegrityError
 from ..fsmeta import entry_from_stat, same_but_ctime, same_entry
 from .file_saver import BatchFuture, FileResult, FileSaver
 from .parent import ParentTrees
@@ -46,6 +45,7 @@ class DirJob:
     cached: CachedDir | None = None
     files_unchanged: bool = False
     entries: list[tree.Entry] = field(default_factory=list)
+    dir_entries: list[int] = field(default_factory=list)  # indexes of the folders' entries
     content_ids: set[bytes] = field(default_factory=set)  # blobs the entries reference
     pending: list[Pending] = field(default_factory=list)
     child_dirs: list[tuple[str, str, bytes | None]] = field(default_factory=list)
@@ -104,23 +104,55 @@ class ChangeDetector:
         old = self.parent.entries(old_tree, self.warn)
         present: dict[str, str] = {}
         counts = self.counts
+        known = self.known
+        entries, content_ids = job.entries, job.content_ids
+        nfiles = nbytes = kept = kept_bytes = 0
         for name, full, kind, st in listing.items:
             present[name] = kind
-            entry = entry_from_stat(name, kind, st)
             prev = old.get(name)
             if kind == tree.DIR:
                 sub = tree.entry_subtree(prev) if prev is not None else None
                 job.child_dirs.append((name, full, sub))
-                job.entries.append(entry)
+                job.dir_entries.append(len(entries))
+                entries.append(entry_from_stat(name, kind, st))
                 continue
-            job.nfiles += 1
-            counts.files += 1
+            nfiles += 1
             if kind == tree.FILE:
-                counts.bytes_scanned += st.st_size
+                nbytes += st.st_size
+                # The common case first, inlined: an unchanged file keeps its old entry as it
+                # is. Every field entry_from_stat would give is compared (uid, gid and the link
+                # count change ctime); a hard link's "dev:ino" is only taken from a fresh lstat.
+                if (
+                    prev is not None
+                    and st.st_nlink == 1
+                    and prev.get("ctime_ns") == st.st_ctime_ns
+                    and prev.get("mtime_ns") == st.st_mtime_ns
+                    and prev.get("size") == st.st_size
+                    and prev.get("inode") == st.st_ino
+                    and prev.get("mode") == st.st_mode & 0o7777
+                    and prev.get("type") == tree.FILE
+                    and "hardlink" not in prev
+                ):
+                    ids = _content_ids(prev, known)
+                    if ids is not None:
+                        entries.append(prev)
+                        content_ids.update(ids)
+                        kept += 1
+                        kept_bytes += st.st_size
+                        continue
             if prev is not None and prev["type"] == tree.DIR:
                 prev = None
+            entry = entry_from_stat(name, kind, st)
             if self._classify(job, entry, full, kind, st, prev):
-                job.entries.append(entry)
+                entries.append(entry)
+            else:
+                nfiles -= 1
+        job.nfiles += nfiles
+        counts.files += nfiles
+        counts.bytes_scanned += nbytes
+        counts.unchanged += kept
+        if kept:
+            self.progress(kept, kept_bytes)
         for name, prev in old.items():
             now = present.get(name)
             if now is not None and (now == tree.DIR) == (prev["type"] == tree.DIR):
@@ -169,8 +201,6 @@ class ChangeDetector:
                 entry["target"] = os.fsdecode(os.readlink(full))
             except OSError as exc:
                 self.warn(f"{full}: cannot read symlink ({exc.strerror}); skipped")
-                job.nfiles -= 1
-                counts.files -= 1
                 return False
         unchanged = prev is not None and same_entry(prev, kind, st)
         if kind != tree.FILE:
@@ -178,7 +208,7 @@ class ChangeDetector:
             self.progress(1, 0)
             return True
         if unchanged and prev is not None:
-            ids = self._old_content(prev)
+            ids = _content_ids(prev, self.known)
             if ids is not None:
                 entry["content"] = prev["content"]
                 job.content_ids.update(ids)
@@ -192,19 +222,22 @@ class ChangeDetector:
         job.pending.append(Pending(entry, full, future, index, change))
         return True
 
-    def _old_content(self, prev: tree.Entry) -> list[bytes] | None:
-        """The blob IDs of an unchanged file's old content, or None to read it again (some
-        blob is gone from the repository, or the old entry is malformed)."""
-        try:
-            ids = tree.entry_refs(prev)
-        except IntegrityError:
-            return None
-        known = self.known
-        return ids if all(i in known for i in ids) else None
-
     def _count_removed(self, parent_path: str, name: str, prev: tree.Entry) -> int:
         sub = tree.entry_subtree(prev)
         cached = self.dircache.get(os.path.join(parent_path, name) if parent_path else name)
         if cached is not None and cached.tree_id == sub:
             return cached.nfiles
         return self.parent.count_files(sub)
+
+
+def _content_ids(prev: tree.Entry, known: set[bytes]) -> list[bytes] | None:
+    """The blob IDs of an unchanged file's old content, or None to read the file again (a
+    blob is gone from the repository, or the old entry is malformed)."""
+    try:
+        ids = [bytes.fromhex(ref[0]) for ref in prev["content"]]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    for i in ids:
+        if i not in known:
+            return None
+    return ids

@@ -242,6 +242,7 @@ class _Walk:
         self._ready: deque[DirJob] = deque()
         self._seen = 0  # listings taken or checked for prefetching
         self._prefetched: set[str] = set()
+        self._prefetched_root = False
 
     def run(self, root_tree: bytes | None) -> DirJob:
         root = self.detector.enter(self.scanner.root, root_tree)
@@ -273,26 +274,32 @@ class _Walk:
         if not self.dircache or self._seen >= _LOOKAHEAD:
             return
         waiting = self.scanner.peek(self._seen, _LOOKAHEAD)
+        wanted: list[bytes] = []
         for listing in waiting:
             cached = self.dircache.get(listing.path)
             if cached is not None and cached.own_sig != listing.own_sig:
-                self.trees.prefetch(cached.tree_id)
-                self._prefetch_above(listing.path)
+                wanted.append(cached.tree_id)
+                self._above(listing.path, wanted)
         self._seen += len(waiting)
+        if wanted:
+            self.trees.prefetch(wanted)
 
-    def _prefetch_above(self, path: str) -> None:
+    def _above(self, path: str, wanted: list[bytes]) -> None:
+        """The trees of the folders above a changed one (each asked for once)."""
         while True:
             parent = os.path.dirname(path)
             if parent == path or parent in self._prefetched:
-                break
+                return
             self._prefetched.add(parent)
             above = self.dircache.get(parent)
             if above is not None:
-                self.trees.prefetch(above.tree_id)
+                wanted.append(above.tree_id)
             path = parent
-        root = self.dircache.get("")  # the synthetic root above the backed-up paths
-        if root is not None:
-            self.trees.prefetch(root.tree_id)
+            if not self._prefetched_root:
+                root = self.dircache.get("")  # the synthetic root above the backed-up paths
+                if root is not None:
+                    wanted.append(root.tree_id)
+                self._prefetched_root = True
 
     def _finish_ready(self, *, final: bool) -> None:
         while self._ready:

@@ -44,13 +44,16 @@ class ParentTrees:
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def prefetch(self, tree_id: bytes) -> None:
+    def prefetch(self, tree_ids: list[bytes]) -> None:
+        """Start fetching these trees (in the background, in batches)."""
         with self._cond:
-            if tree_id in self._futures or self._closed:
+            if self._closed:
                 return
-            future: Future[OldTree] = Future()
-            self._futures[tree_id] = future
-            self._queue.append((tree_id, future))
+            for tree_id in tree_ids:
+                if tree_id not in self._futures:
+                    future: Future[OldTree] = Future()
+                    self._futures[tree_id] = future
+                    self._queue.append((tree_id, future))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="parent-trees", daemon=True)
                 self._thread.start()

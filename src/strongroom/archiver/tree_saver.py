@@ -62,9 +62,9 @@ class TreeSaver:
         ):
             if job.files_unchanged:
                 self._entries_from_old(job)
-            for entry in job.entries:
-                if entry["type"] == tree.DIR:
-                    entry["subtree"] = subtrees[entry["name"]].hex()
+            entries = job.entries
+            for i in job.dir_entries:
+                entries[i]["subtree"] = subtrees[entries[i]["name"]].hex()
             tree_id = self.blobs.save(BlobType.TREE, tree.encode_entries(job.entries))
             job.content_ids.add(tree_id)
             job.tree_id, job.refs = tree_id, frozenset(job.content_ids)
@@ -114,6 +114,7 @@ class TreeSaver:
         if skipped:
             gone = {id(e) for e in skipped}
             job.entries = [e for e in job.entries if id(e) not in gone]
+            job.dir_entries = [i for i, e in enumerate(job.entries) if e["type"] == tree.DIR]
 
     def _repatch(self, job: DirJob, cached: CachedDir, subtrees: dict[str, bytes]) -> bool:
         """Own entries unchanged, some subfolders changed: the old tree with new subtree IDs
@@ -135,7 +136,9 @@ class TreeSaver:
         old = self.parent.entries(job.old_tree, self.warn)
         for name, _full, kind, st in job.listing.items:
             entry = entry_from_stat(name, kind, st)
-            if kind != tree.DIR:
+            if kind == tree.DIR:
+                job.dir_entries.append(len(job.entries))
+            else:
                 prev = old.get(name)
                 if prev is None or prev.get("type") != kind:
                     raise StrongroomError(
