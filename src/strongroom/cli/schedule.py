@@ -131,9 +131,31 @@ def _fingerprint_known(settings: ScheduleSettings) -> bool:
     return bool(settings.server and settings.server in ClientConfig.load().fingerprints)
 
 
-def _clean_previous(old: ScheduleSettings, new: ScheduleSettings | None) -> list[str]:
+def _password(
+    settings: ScheduleSettings,
+    password_file: str | None,
+    use_keyring: bool,
+    no_verify: bool,
+    folder: Path,
+) -> bytes:
+    """The password for unattended runs, and where they will find it (set in `settings`)."""
+    if use_keyring and password_file:
+        raise UsageError("give either --password-file or --keyring, not both")
+    if password_file:
+        settings.password_file = os.path.abspath(password_file)
+        return secret.read_password_file(Path(settings.password_file))
+    settings.keyring = use_keyring
+    if not use_keyring:
+        settings.password_file = str(folder / PASSWORD_NAME)
+        settings.password_file_generated = True
+    # Asked twice only when no login will catch a typo.
+    prompt = f"Password for {settings.account()}"
+    return read_password(None, confirm=no_verify, prompt=prompt)
+
+
+def _clean_previous(old: ScheduleSettings, new: ScheduleSettings | None, folder: Path) -> list[str]:
     """Undo what an earlier `enable` did that the new schedule does not redo."""
-    backend = backend_for(old.platform, old.system, config_dir())
+    backend = backend_for(old.platform, old.system, folder)
     notes = backend.deactivate()
     keep = set(new.files) if new else set()
     if new and new.password_file:
@@ -215,8 +237,6 @@ def enable(
     system = (scope == "system") if scope else (platform != "windows" and is_admin())
     if system and platform == "windows":
         raise UsageError("--scope system is for systemd and launchd only")
-    if use_keyring and where.password_file:
-        raise UsageError("give either --password-file or --keyring, not both")
     settings = ScheduleSettings(
         schedule=Schedule.from_options(every, daily, calendar, random_delay),
         platform=platform,
@@ -236,16 +256,7 @@ def enable(
         if not os.path.isfile(f):
             raise UsageError(f"exclude file {f}: no such file")
     settings.exclude_files = [os.path.abspath(f) for f in exclude_files]
-    if where.password_file:
-        settings.password_file = os.path.abspath(where.password_file)
-        password = secret.read_password_file(Path(settings.password_file))
-    else:
-        settings.keyring = use_keyring
-        if not use_keyring:
-            settings.password_file = str(folder / PASSWORD_NAME)
-            settings.password_file_generated = True
-        who = settings.account()
-        password = read_password(None, confirm=no_verify, prompt=f"Password for {who}")
+    password = _password(settings, where.password_file, use_keyring, no_verify, folder)
     if no_verify and not _fingerprint_known(settings):
         raise UsageError(
             "this server's certificate is not pinned yet: log in once with 'strongroom login', "
@@ -259,7 +270,7 @@ def enable(
         _verify(settings, password)
 
     old = load_settings(folder)
-    notes = _clean_previous(old, settings) if old is not None else []
+    notes = _clean_previous(old, settings, folder) if old is not None else []
     if settings.keyring:
         secret.keyring_store(keyring_account(settings), password)
     elif settings.password_file_generated:
@@ -267,7 +278,7 @@ def enable(
     for path, data in contents.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
+        tmp.write_bytes(data)  # world-readable, as unit files are: nothing secret in them
         os.replace(tmp, path)
     save_settings(settings, folder)
     notes += backend.activate()
@@ -389,7 +400,7 @@ def disable() -> None:
     if settings is None:
         click.echo("scheduled backups are not enabled")
         return
-    notes = _clean_previous(settings, None)
+    notes = _clean_previous(settings, None, folder)
     for path in (settings_path(folder), status_path(folder)):
         path.unlink(missing_ok=True)
     click.echo("scheduled backups disabled; removed: " + ", ".join(settings.files))
