@@ -16,8 +16,8 @@ from ..repository import Repository, load_snapshots
 from ..retention import Candidate, Decision, Policy, apply_policy
 from ..snapshot import Snapshot, resolve
 from . import format as fmt
+from .app import cli, handle_errors
 from .errors import display
-from .main import cli, handle_errors
 from .policy_options import policy_from, policy_options
 from .target import Where, open_repo, repo_options
 
