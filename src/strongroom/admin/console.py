@@ -13,7 +13,7 @@ from ..server.control import end_console_sessions
 from ..server.opsdb import OpsDB
 from ..server.userdb import validate_username
 from ..server.web.auth import add_admin, set_admin_password
-from .cli import Admin, cli, pass_admin, read_new_password
+from .app import Admin, cli, pass_admin, read_new_password
 
 
 def _ops(admin: Admin) -> OpsDB:

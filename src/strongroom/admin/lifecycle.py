@@ -23,7 +23,7 @@ from ..server.userdb import User
 from ..store import PackStore
 from ..store.gc import collect_garbage, unreferenced
 from ..store.scrub import scrub as scrub_store
-from .cli import Admin, cli, pass_admin
+from .app import Admin, cli, pass_admin
 
 
 def _users(admin: Admin, name: str | None) -> list[User]:
