@@ -35,8 +35,8 @@ from ..client.schedule.settings import (
 )
 from ..client.schedule.spec import Schedule, format_span, parse_duration, systemd_next_elapse
 from ..errors import StrongroomError, UsageError
+from .app import cli, handle_errors
 from .errors import display
-from .main import cli, handle_errors
 from .secrets_input import read_password
 from .target import Where, repo_options, trust_prompt
 

@@ -7,7 +7,8 @@ reason (a missing folder, a wrong password, a full quota) would fail again, so i
 
 The backup itself runs as a child `strongroom backup --json`, exactly as a person would run it;
 the password reaches it through --password-file, or for the keyring through the child's
-environment (readable only by this user), never its argv.
+environment (readable only by this user), never its argv. The client's network and login code
+is imported only when needed: `schedule status` stays quick.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ from typing import Any
 
 from ...errors import EXIT_ERROR, EXIT_PARTIAL, StrongroomError
 from ..config import account_key
-from ..transport import format_address, parse_address
 from . import power, secret
-from .account import open_account
 from .settings import RunStatus, ScheduleSettings
 from .spec import format_span
 
@@ -69,6 +68,8 @@ class _Done:
 
 def keyring_account(settings: ScheduleSettings) -> str:
     """The keyring entry's name: the account as client.json's pins name it."""
+    from ..transport import format_address, parse_address
+
     if settings.repo:
         return f"repo:{os.path.abspath(settings.repo)}"
     assert settings.server and settings.user
@@ -85,6 +86,8 @@ def load_password(settings: ScheduleSettings) -> bytes:
 
 def probe(settings: ScheduleSettings) -> str | None:
     """None if the repository can be reached now, else why not."""
+    from ..transport import format_address, parse_address
+
     if settings.repo:
         if (Path(settings.repo) / "index.sqlite").is_file():
             return None
@@ -256,6 +259,8 @@ def report(
     """Tell the server the run failed, so the admin sees "failed", not just "stale"."""
     if settings.repo or not settings.server or not settings.user or probe(settings) is not None:
         return False
+    from .account import open_account  # the login stack, only when there is something to say
+
     try:
         repo = open_account(
             settings.server,
