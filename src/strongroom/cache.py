@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
-import platformdirs
 
 from .tree import ContentRef
 
@@ -54,7 +53,11 @@ class CachedDir:
 
 def cache_root() -> Path:
     env = os.environ.get("STRONGROOM_CACHE_DIR")
-    return Path(env) if env else Path(platformdirs.user_cache_dir("strongroom", appauthor=False))
+    if env:
+        return Path(env)
+    import platformdirs  # ~8 ms: only when the platform's folder is needed
+
+    return Path(platformdirs.user_cache_dir("strongroom", appauthor=False))
 
 
 class LocalCache:

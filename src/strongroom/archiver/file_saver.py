@@ -17,15 +17,14 @@ from __future__ import annotations
 import contextlib
 import importlib.machinery
 import io
-import multiprocessing
 import os
 import stat
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import NamedTuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..blobs import BlobType
 from ..bundler import SMALL_FILE_LIMIT
@@ -35,6 +34,9 @@ from ..smallfiles import READ_FLAGS, BatchOutcome, Ref, SmallFileReader, init_pr
 from ..smallfiles import read_batch_in_process as _read_in_process
 from ..tree import ContentRef
 from .blob_saver import BlobSaver
+
+if TYPE_CHECKING:  # multiprocessing is imported when the processes start (most backups: never)
+    from concurrent.futures import ProcessPoolExecutor
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
@@ -144,7 +146,10 @@ class FileSaver:
     # ---- small files ---------------------------------------------------------------------------
 
     def _start_processes(self) -> None:
-        """Small backups never pay for starting the worker processes."""
+        """Small backups never pay for starting the worker processes (nor for importing them)."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
         keys = self.repo.keys
         self._procs = ProcessPoolExecutor(
             self.workers,
