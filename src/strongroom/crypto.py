@@ -6,7 +6,6 @@ keyed BLAKE3) are made in one place and documented in docs/SECURITY.md.
 
 from __future__ import annotations
 
-import hmac
 import os
 from dataclasses import dataclass
 
@@ -143,4 +142,6 @@ def content_checksum(data: bytes | memoryview) -> bytes:
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:
+    import hmac  # with hashlib and OpenSSL's ~13 ms: only when a comparison is made
+
     return hmac.compare_digest(a, b)

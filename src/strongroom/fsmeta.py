@@ -18,6 +18,15 @@ KINDS = {
 }
 
 
+def hostname() -> str:
+    """This machine's name (socket, ~9 ms to import, only on platforms without uname)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
+
+
 def node_type(st: os.stat_result) -> str | None:
     return KINDS.get(stat.S_IFMT(st.st_mode))
 

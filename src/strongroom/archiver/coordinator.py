@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import getpass
 import os
-import socket
 import sqlite3
 import sys
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 
 from ..cache import CachedDir, LocalCache
 from ..excludes import ExcludeMatcher
+from ..fsmeta import hostname
 from ..repository import Repository
 from ..smallfiles import Ref
 from ..snapshot import Snapshot, new_snapshot_id, seal_snapshot, series_of
@@ -158,7 +158,7 @@ class Archiver:
         snap = Snapshot(
             id=new_snapshot_id(),
             time_ns=time_ns if time_ns is not None else time.time_ns(),
-            host=host or socket.gethostname(),
+            host=host or hostname(),
             username=_username(),
             paths=scanner.paths,
             tree=root.tree_id.hex(),

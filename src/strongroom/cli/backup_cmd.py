@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 
 import click
 
 from ..errors import EXIT_PARTIAL, StrongroomError, UsageError
 from ..excludes import ExcludeError, ExcludeMatcher, read_exclude_file
+from ..fsmeta import hostname as this_host
 from ..repository import Repository, load_snapshots
 from ..snapshot import Snapshot
 from . import format as fmt
@@ -105,7 +105,7 @@ def backup(
     for f in exclude_files:
         patterns.extend(read_exclude_file(f))
     matcher = ExcludeMatcher(patterns) if patterns else None
-    hostname = host or socket.gethostname()
+    hostname = host or this_host()
     when = _parse_time(snap_time) if snap_time else None
     # With the paths known, the scanner lists them while the password is checked (the key
     # derivation releases the interpreter lock); the recorded folder is known only after login.
