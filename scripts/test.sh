@@ -8,14 +8,21 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet -e '.[test]'
-# The console's browser tests drive Debian's chromium (Playwright uses it, downloads nothing).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages the tests run for real: chromium for the console's browser tests (Playwright
+# uses it, downloads nothing); PostgreSQL 15 and Ceph's radosgw for the scale-out tests (issue 9,
+# tests/pgfixtures.py and tests/s3fixtures.py start private instances on 127.0.0.1).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
+{ command -v ceph-mon && command -v ceph-osd && command -v radosgw && command -v ceph; } \
+    >/dev/null 2>&1 || missing+=(ceph-mon ceph-osd radosgw ceph-common)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "== installing chromium (apt-get)"
+        echo "== installing ${missing[*]} (apt-get)"
         apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "the browser tests need Debian's chromium: sudo apt-get install chromium" >&2
+        echo "the tests need Debian's ${missing[*]}: sudo apt-get install ${missing[*]}" >&2
         exit 1
     fi
 fi
