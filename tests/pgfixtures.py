@@ -16,7 +16,8 @@ lose it), `synchronous_commit` stays on, so "committed" means what it says after
 `pg_ctl stop -m immediate` too. Every wait is bounded.
 
 Also a command line, for benchmarks and poking around by hand:
-    .venv/bin/python tests/pgfixtures.py up      # prints the DSN, Ctrl-C stops and removes it
+    .venv/bin/python tests/pgfixtures.py up         # prints the DSN; Ctrl-C stops and removes it
+    .venv/bin/python tests/pgfixtures.py cycle 20   # set up, use, restart, remove 20 times
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class PgCluster:
             ]
         # Not under pytest's temp folder: that one is 0700 root, which the owner cannot enter.
         self.base = Path(tempfile.mkdtemp(prefix="strongroom-pg-", dir=base))
+        (self.base / "creator.pid").write_text(f"{os.getpid()}\n")
         self.datadir = self.base / "data"
         self.socket_dir = self.base  # the unix socket, never shared with the system's
         self.logfile = self.base / "postgres.log"
@@ -125,7 +127,25 @@ class PgCluster:
         self.dbname = DEFAULT_DB
         self._lock = threading.Lock()
         self._counter = 0
+        self._reap_stale(self.base.parent)
         self._initdb()
+
+    def _reap_stale(self, parent: Path) -> None:
+        """Stop and remove the clusters of test runs that died without cleaning up (a pytest
+        killed with SIGKILL: pg_ctl's postmaster does not die with it)."""
+        for other in parent.glob("strongroom-pg-*"):
+            try:
+                creator = int((other / "creator.pid").read_text())
+            except (OSError, ValueError):
+                continue
+            if other == self.base or self._pid_alive(creator):
+                continue
+            if (other / "data" / "postmaster.pid").exists():
+                self._run(
+                    str(self.bindir / "pg_ctl"), "-D", str(other / "data"), "stop",
+                    "--wait", f"--timeout={int(TIMEOUT)}", "--mode=immediate",
+                )  # fmt: skip
+            shutil.rmtree(other, ignore_errors=True)
 
     # -- running PostgreSQL's programs as the cluster's owner ----------------------------------
 
@@ -402,10 +422,56 @@ def pg_dsn(pg_cluster: PgCluster) -> Iterator[str]:
     pg_cluster.drop_database(name)
 
 
+def _cycle(n: int) -> int:
+    """n times: a new cluster, started, a database, a query, a restart, a query, removed."""
+    failures = 0
+    starts: list[float] = []
+    for i in range(1, n + 1):
+        t0 = time.monotonic()
+        cluster = None
+        try:
+            cluster = PgCluster()
+            t1 = time.monotonic()
+            cluster.start()
+            t2 = time.monotonic()
+            dsn = cluster.dsn_for(cluster.create_database())
+            with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT) as conn:
+                conn.execute("SELECT 1")
+            t3 = time.monotonic()
+            cluster.restart()
+            t4 = time.monotonic()
+            with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT) as conn:
+                conn.execute("SELECT 1")
+            starts.append(t2 - t1)
+            status = (
+                f"ok   (initdb {t1 - t0:.2f}s, start {t2 - t1:.2f}s, "
+                f"database+query {t3 - t2:.2f}s, restart {t4 - t3:.2f}s)"
+            )
+        except Exception as e:  # the loop reports every kind of failure and goes on
+            failures += 1
+            status = f"FAIL {type(e).__name__}: {e}"
+        finally:
+            t5 = time.monotonic()
+            if cluster is not None:
+                cluster.destroy()
+            status += f"; teardown {time.monotonic() - t5:.2f}s"
+        print(f"cycle {i:2}/{n}: {status}", flush=True)
+    if starts:
+        starts.sort()
+        print(
+            f"{n} cycles, {failures} failed; start min {starts[0]:.2f}s, "
+            f"median {starts[len(starts) // 2]:.2f}s, max {starts[-1]:.2f}s"
+        )
+    return 1 if failures else 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[1:2] == ["cycle"] and len(argv) == 3 and argv[2].isdigit():
+        return _cycle(int(argv[2]))
     if argv[1:] != ["up"]:
-        print("usage: pgfixtures.py up", file=sys.stderr)
+        print("usage: pgfixtures.py up | cycle N", file=sys.stderr)
         return 2
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     t0 = time.monotonic()
     cluster = PgCluster()
     t1 = time.monotonic()
@@ -421,5 +487,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     sys.exit(main(sys.argv))

@@ -55,7 +55,10 @@ if TYPE_CHECKING:
 
 CEPH_PROGRAMS = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")
 TIMEOUT = 60.0  # seconds for any single step of bringing the cluster up or down
-MEMSTORE_BYTES = 8 << 30  # what the OSD reports as its size: RAM is used only for what is stored
+# The size memstore reports. RAM is taken only for what is stored, but about twice that (a
+# 512 MiB memstore went full at 676 MiB of 4 MiB objects, the OSD then at 1.4 GiB RSS): 2 GiB
+# lets a test store over 2 GiB, and two pytest workers still fit in the machine's RAM.
+MEMSTORE_BYTES = int(os.environ.get("STRONGROOM_TEST_MEMSTORE_BYTES", 2 << 30))
 REGION = "us-east-1"
 
 
@@ -71,8 +74,11 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """PR_SET_PDEATHSIG: no daemon outlives a killed pytest. The signal comes when the thread
+    that started the daemon ends, so start clusters from the main thread (pytest's fixtures
+    run there, xdist's workers too)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no daemon outlives a killed pytest
+    libc.prctl(1, signal.SIGKILL)
 
 
 def client_config(
@@ -497,7 +503,10 @@ def ceph_s3() -> Iterator[CephS3]:
 def s3_bucket(ceph_s3: CephS3) -> Iterator[S3Bucket]:
     """A fresh, empty bucket for this test (radosgw is restarted first if a previous test left
     it stopped); emptied and deleted afterwards."""
-    ceph_s3.resume_rgw() if ceph_s3.rgw_alive() else ceph_s3.start_rgw()
+    if ceph_s3.rgw_alive():
+        ceph_s3.resume_rgw()
+    else:
+        ceph_s3.start_rgw()
     s3 = ceph_s3.client()
     name = ceph_s3.new_bucket(s3)
     yield S3Bucket(
