@@ -24,8 +24,6 @@ from pathlib import Path
 
 import blake3
 
-from .tree import ContentRef
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dirs2(
@@ -84,7 +82,7 @@ class LocalCache:
         self._lock = threading.Lock()
         self._small_path = folder / f"{key[:24]}.small"
         _private_file(self._small_path)
-        self._small: dict[bytes, ContentRef] | None = None
+        self._small: dict[bytes, tuple[bytes, int, int]] | None = None
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -150,23 +148,22 @@ class LocalCache:
     def has_small(self) -> bool:
         return self._small_path.exists() and self._small_path.stat().st_size >= _SMALL_RECORD.size
 
-    def all_small(self) -> dict[bytes, ContentRef]:
+    def all_small(self) -> dict[bytes, tuple[bytes, int, int]]:
         with self._lock:
             if self._small is None:
                 self._small = self._load_small()
             return self._small
 
-    def _load_small(self) -> dict[bytes, ContentRef]:
+    def _load_small(self) -> dict[bytes, tuple[bytes, int, int]]:
         try:
             raw = self._small_path.read_bytes()
         except OSError:
             return {}
-        size = _SMALL_RECORD.size
-        out: dict[bytes, ContentRef] = {}
-        for i in range(0, len(raw) - size + 1, size):  # a torn last record is ignored
-            cid, blob_id, offset, length = _SMALL_RECORD.unpack_from(raw, i)
-            out[cid] = ContentRef(blob_id, offset, length)
-        return out
+        whole = len(raw) - len(raw) % _SMALL_RECORD.size  # a torn last record is ignored
+        return {
+            cid: (blob_id, offset, length)
+            for cid, blob_id, offset, length in _SMALL_RECORD.iter_unpack(memoryview(raw)[:whole])
+        }
 
     def add_small(self, data: bytes) -> None:
         """Append packed records (see small_record). Entries whose bundle never reached the

@@ -14,6 +14,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -48,12 +49,20 @@ class BatchOutcome:
 
 class SmallFileReader:
     def __init__(
-        self, data_key: bytes, id_key: bytes, known_small: dict[bytes, Ref] | None = None
+        self,
+        data_key: bytes,
+        id_key: bytes,
+        known_small: Mapping[bytes, Ref] | None = None,
+        live: Container[bytes] | None = None,
     ) -> None:
         self.hasher = BlobHasher(id_key)
         self.codec = BlobCodec(AESGCM(data_key), self.hasher)
-        # Content IDs already stored (earlier batches in this process, earlier backups).
-        self.seen: dict[bytes, Ref] = dict(known_small or {})
+        # Content IDs stored by earlier batches of this reader.
+        self.seen: dict[bytes, Ref] = {}
+        # ... and by earlier backups (the cache's map, shared, never copied); with `live`, an
+        # entry counts only if its bundle is still in the repository.
+        self._earlier: Mapping[bytes, Ref] = known_small or {}
+        self._live = live
 
     def read_batch(self, items: list[tuple[str, int, int]]) -> BatchOutcome:
         """items: (path, size, mtime_ns) from lstat; every file is smaller than the limit."""
@@ -69,7 +78,7 @@ class SmallFileReader:
                 outcome.refs = []
                 continue
             cid = self.hasher(data)
-            known = self.seen.get(cid)
+            known = self.seen.get(cid) or self._stored_before(cid)
             if known is not None:
                 outcome.refs = [known]
                 continue
@@ -79,6 +88,12 @@ class SmallFileReader:
                 bundle = OpenBundle()
         self._seal(bundle, out)
         return out
+
+    def _stored_before(self, cid: bytes) -> Ref | None:
+        ref = self._earlier.get(cid)
+        if ref is None or (self._live is not None and ref[0] not in self._live):
+            return None
+        return ref
 
     def _read(self, path: str, size: int, mtime_ns: int, outcome: FileOutcome) -> bytes | None:
         try:

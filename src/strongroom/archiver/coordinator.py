@@ -19,7 +19,7 @@ import sqlite3
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..cache import CachedDir, LocalCache
@@ -136,7 +136,7 @@ class Archiver:
         counts = Counts()
         blobs = BlobSaver(self.repo, known)
         trees = ParentTrees(self.repo)
-        files = FileSaver(blobs, self._known_small_loader(known), self.workers, self.progress)
+        files = FileSaver(blobs, self._known_small, self.workers, self.progress)
         detector = ChangeDetector(dircache, trees, files, known, counts, self.progress, self._warn)
         saver = TreeSaver(
             blobs,
@@ -199,20 +199,10 @@ class Archiver:
         self.result = result
         return result
 
-    def _known_small_loader(self, known: set[bytes]) -> Callable[[], dict[bytes, Ref]]:
-        """Small files stored by earlier backups (and still in the repository), loaded once,
-        when the first small file is read."""
-        loaded: list[dict[bytes, Ref]] = []
-
-        def load() -> dict[bytes, Ref]:
-            if not loaded:
-                small: dict[bytes, Ref] = {}
-                if self.cache is not None:
-                    small = {c: r for c, r in self.cache.all_small().items() if r[0] in known}
-                loaded.append(small)
-            return loaded[0]
-
-        return load
+    def _known_small(self) -> Mapping[bytes, Ref]:
+        """Small files stored by earlier backups (the cache's map, loaded when the first small
+        file is read; readers check that a bundle is still in the repository)."""
+        return self.cache.all_small() if self.cache is not None else {}
 
     def _warn(self, message: str) -> None:
         self._warnings.append(message)

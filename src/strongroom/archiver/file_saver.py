@@ -22,7 +22,7 @@ import stat
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -70,7 +70,7 @@ class FileSaver:
     def __init__(
         self,
         blobs: BlobSaver,
-        known_small: Callable[[], dict[bytes, Ref]],
+        known_small: Callable[[], Mapping[bytes, Ref]],
         workers: int,
         progress: ProgressFn,
     ) -> None:
@@ -151,11 +151,14 @@ class FileSaver:
         from concurrent.futures import ProcessPoolExecutor
 
         keys = self.repo.keys
+        known = self.blobs.known
+        with self._known_lock:  # the workers get only what is still in the repository
+            small = {c: r for c, r in self._known_small().items() if r[0] in known}
         self._procs = ProcessPoolExecutor(
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_process,
-            initargs=(os.getpid(), keys.data_key, keys.id_key, self._known_small()),
+            initargs=(os.getpid(), keys.data_key, keys.id_key, small),
         )
 
     def _read_batch_here(self, items: list[tuple[str, int, int]], future: BatchFuture) -> None:
@@ -165,7 +168,7 @@ class FileSaver:
             with self._known_lock:
                 known = self._known_small()
             keys = self.repo.keys
-            reader = SmallFileReader(keys.data_key, keys.id_key, known)
+            reader = SmallFileReader(keys.data_key, keys.id_key, known, self.blobs.known)
             self._local.reader = reader
         done: Future[BatchOutcome] = Future()
         try:
