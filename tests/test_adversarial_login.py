@@ -269,7 +269,10 @@ def list_snapshots_of(server: Server, user: str) -> list[str]:
 def test_a_password_reset_ends_the_thiefs_session_at_once(
     server: Server, alice: NetCli, tmp_path: Path
 ) -> None:
-    snap = alice.backup(tmp_path)["snapshot"]
+    src = tmp_path / "src"  # not tmp_path itself: the server's log there keeps changing
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    snap = alice.backup(src)["snapshot"]
     with connect(server, "alice") as thief:
         assert list_snapshots(thief) == [snap]
         server.admin("user", "passwd", "alice", "--password-stdin", input=ADMIN_PASSWORD + "\n")

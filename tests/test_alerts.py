@@ -233,7 +233,10 @@ def test_a_user_is_told_too_and_an_unreachable_mail_server_is_retried(tmp_path: 
     ).start()
     try:
         alice = server.add_user("alice", tmp_path)
-        alice.backup(tmp_path / "client-alice")
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "f.txt").write_text("x")
+        alice.backup(src)
         # The mail cannot go out: logged, tried again at every check, the server goes on.
         wait_for(
             "retries",

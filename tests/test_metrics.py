@@ -105,7 +105,10 @@ def test_the_deploy_examples_use_metrics_that_exist(tmp_path: Path) -> None:
     server = console_server(tmp_path)
     try:
         alice = server.add_user("alice", tmp_path, extra=("--quota", "1G"))
-        alice.backup(tmp_path / "client-alice")
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "f.txt").write_text("x")
+        alice.backup(src)
         exposed = set(scrape(server))
     finally:
         server.kill()

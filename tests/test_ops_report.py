@@ -14,7 +14,10 @@ from test_server_hostile import assert_no_tracebacks, connect
 def test_a_reported_failure_shows_as_failed_with_a_clean_message(
     server: Server, alice: NetCli, tmp_path: Path
 ) -> None:
-    alice.backup(tmp_path)
+    src = tmp_path / "src"  # not tmp_path itself: the server's log there keeps changing
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    alice.backup(src)
     with connect(server, "alice") as raw:
         answer = raw.call(m.ReportFailure("server unreachable\x1b[31m\nFAKE LOG LINE"))
         assert answer == m.Ok()
