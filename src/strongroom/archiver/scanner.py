@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import marshal
+import operator
 import os
 import threading
 import time
@@ -49,14 +50,15 @@ class Listing:
 def signature(items: list[Item]) -> bytes:
     """What must be unchanged for a folder's own entries to be taken as unchanged. uid, gid
     and mode changes also change ctime, so these fields cover them."""
-    return blake3.blake3(
-        marshal.dumps(
-            [
-                (n, s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
-                for n, _f, _k, s in items
-            ]
-        )
-    ).digest()
+    fields = [
+        (n, s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for n, _f, _k, s in items
+    ]
+    return blake3.blake3(marshal.dumps(fields, _MARSHAL_VERSION)).digest()
+
+
+# Version 2: no back-references, whose use depends on reference counts (so on the code that
+# built the tuples); the bytes depend only on the values.
+_MARSHAL_VERSION = 2
 
 
 def _summarise(listing: Listing) -> Listing:
@@ -172,7 +174,7 @@ class Scanner:
                 if nxt is None:
                     stack.pop()
                     continue
-                listing = _summarise(self._list(nxt[1]))
+                listing = self._list(nxt[1])
                 if not self._put(listing):
                     return
                 stack.append(iter(listing.subdirs))
@@ -205,6 +207,7 @@ class Scanner:
         self._warn_cb(message)
 
     def _list(self, path: str) -> Listing:
+        """One folder, in one pass: entries, signature fields, subfolders and counts."""
         items: list[Item] = []
         try:
             with os.scandir(path) as it:
@@ -212,11 +215,15 @@ class Scanner:
         except OSError as exc:
             self._warn(f"{path}: cannot read folder ({exc.strerror}); stored as empty")
             return Listing(path, items, readable=False)
-        entries.sort(key=_entry_name)  # any fixed order will do; trees sort by bytes themselves
+        entries.sort(key=_BY_NAME)  # any fixed order will do; trees sort by bytes themselves
         # This loop runs once per file on every backup: locals instead of attribute lookups.
         excluded = self.excludes.excluded if self.excludes else None
         kind_of = KINDS.get
         append = items.append
+        fields: list[tuple[str, int, int, int, int, int]] = []
+        sig = fields.append
+        subdirs: list[tuple[str, str]] = []
+        nfiles = nbytes = 0
         for entry in entries:
             full = entry.path
             if excluded is not None and excluded(full):
@@ -226,13 +233,24 @@ class Scanner:
             except OSError as exc:
                 self._warn(f"{full}: cannot stat ({exc.strerror}); skipped")
                 continue
-            kind = kind_of(st.st_mode & 0o170000)
+            mode = st.st_mode
+            kind = kind_of(mode & 0o170000)
             if kind is None:
                 self._warn(f"{full}: unknown file type; skipped")
                 continue
-            append((entry.name, full, kind, st))
-        return Listing(path, items)
+            name = entry.name
+            append((name, full, kind, st))
+            size = st.st_size
+            sig((name, mode, size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+            if kind == DIR:
+                subdirs.append((name, full))
+            else:
+                nfiles += 1
+                if kind == FILE:
+                    nbytes += size
+        own_sig = blake3.blake3(marshal.dumps(fields, _MARSHAL_VERSION)).digest()
+        return Listing(path, items, True, own_sig, subdirs, nfiles, nbytes)
 
 
-def _entry_name(entry: os.DirEntry[str]) -> str:
-    return entry.name
+_BY_NAME = operator.attrgetter("name")
+DIR, FILE = tree.DIR, tree.FILE
