@@ -167,7 +167,7 @@ def test_stale_and_failed_backups_alert_once_repeat_and_clear(
     try:
         alice = server.add_user("alice", tmp_path)
         bob = server.add_user("bob", tmp_path, password="bob's password")
-        server.admin("user", "set", "alice", "--keep-last", "5")  # any change: no effect here
+        server.admin("user", "set", "alice", "--notify-email", "alice@example.org")
         src = tmp_path / "src"
         src.mkdir()
         (src / "f.txt").write_text("x")
@@ -209,6 +209,9 @@ def test_stale_and_failed_backups_alert_once_repeat_and_clear(
         for msg, to, over_tls in box.messages:
             assert over_tls and "admin@example.org" in to
             assert msg["From"] == "strongroom@example.org"
+        # alice is told about her own alerts too (notify_users), bob (no address) is not.
+        alice_mail = [msg["Subject"] for msg, to, _tls in box.messages if "alice@example.org" in to]
+        assert alice_mail and all("alice" in str(subject) for subject in alice_mail)
         payload = next(p for p in hooks.payloads if p["kind"] == "stale")
         assert set(payload) == {"event", "kind", "user", "detail", "since", "time", "server"}
         assert_no_tracebacks(server)
