@@ -34,6 +34,7 @@ DAY_NS = 86400 * 10**9
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "console-dashboard.png")
+    parser.add_argument("--path", default="/", help="the console page to show, e.g. /users/bert")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="strongroom-shot-"))
     server = console_server(tmp, env={"STRONGROOM_EXPECTED_INTERVAL": str(26 * 3600)})
@@ -82,6 +83,8 @@ def main() -> None:
             page.get_by_label("Name").fill(CONSOLE_ADMIN)
             page.get_by_label("Password").fill(CONSOLE_PASSWORD)
             page.get_by_role("button", name="Log in").click()
+            if args.path != "/":
+                page.goto(f"https://127.0.0.1:{server.web_port}{args.path}")
             page.wait_for_function("document.querySelector('#usage-chart').width > 0")
             time.sleep(0.5)
             args.out.parent.mkdir(parents=True, exist_ok=True)
