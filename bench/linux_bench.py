@@ -971,7 +971,8 @@ def _bench(args: argparse.Namespace) -> int:
     print("\n" + section)
     write_markdown(args.out, section, *markers("linux-bench", args))
     raw = write_raw_json(mode, meta, tools)
-    print(f"wrote {args.out} (section between linux-bench markers) and {raw}")
+    start = markers("linux-bench", args)[0]
+    print(f"wrote {args.out} (the section after {start}) and {raw}")
     return report_failures(tools, logs, mismatch)
 
 

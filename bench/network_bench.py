@@ -681,7 +681,8 @@ def _bench(args: argparse.Namespace) -> int:
     print("\n" + section)
     lb.write_markdown(args.out, section, *lb.markers("network-bench", args))
     raw = lb.write_raw_json(f"network-{mode}", meta, list(tools))
-    print(f"wrote {args.out} (section between network-bench markers) and {raw}")
+    start = lb.markers("network-bench", args)[0]
+    print(f"wrote {args.out} (the section after {start}) and {raw}")
     status = lb.report_failures(list(tools), logs, mismatch)
     bad = [
         r["user"]
