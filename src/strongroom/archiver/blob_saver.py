@@ -9,6 +9,7 @@ pack writer makes them durable. Safe to call from any thread.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Executor, Future
 
 from ..blobs import BlobType
 from ..repository import Repository
@@ -22,6 +23,7 @@ class BlobSaver:
         self._hasher = repo.keys.hasher()
         self._session: set[bytes] = set()
         self._lock = threading.Lock()
+        self._pending: list[Future[None]] = []
 
     def claim(self, blob_id: bytes) -> bool:
         """True if the caller should store the blob (nobody has it or is storing it)."""
@@ -47,3 +49,20 @@ class BlobSaver:
 
     def save_chunk(self, data: bytes | memoryview) -> ContentRef:
         return ContentRef(self.save(BlobType.DATA, data), 0, len(data))
+
+    def save_later(self, blob_type: BlobType, data: bytes, pool: Executor) -> bytes:
+        """`save`, with the compression and encryption on `pool` (they release the interpreter
+        lock): the caller gets the ID at once. `wait` before the snapshot is committed."""
+        blob_id = self._hasher(data)
+        if self.claim(blob_id):
+            self._pending.append(pool.submit(self._encode_and_add, blob_id, blob_type, data))
+        return blob_id
+
+    def _encode_and_add(self, blob_id: bytes, blob_type: BlobType, data: bytes) -> None:
+        self.repo.add_blob(blob_id, blob_type, self.repo.codecs.get().encode(blob_id, data))
+
+    def wait(self) -> None:
+        """Every `save_later` done; the first failure is raised."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()

@@ -145,10 +145,12 @@ class Archiver:
             scanner.started_ns - RACY_WINDOW_NS,
             self._warn,
             str(self.cache.path) if self.cache is not None else "the cache",
+            files.pool,
         )
         walk = _Walk(scanner, detector, saver, files, dircache, trees)
         try:
             root = walk.run(bytes.fromhex(parent.tree) if parent is not None else None)
+            blobs.wait()
         finally:
             files.close()
             trees.close()

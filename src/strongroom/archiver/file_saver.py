@@ -82,7 +82,7 @@ class FileSaver:
         self.new_small = bytearray()  # packed cache records (72 bytes a small file)
         self._known_small = known_small
         self._known_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="backup")
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup")
         self._procs: ProcessPoolExecutor | None = None
         self._batch: list[tuple[str, os.stat_result]] = []
         self._batch_bytes = 0
@@ -100,7 +100,7 @@ class FileSaver:
                 return shared
         if st.st_size >= SMALL_FILE_LIMIT:
             large: BatchFuture = Future()
-            self._pool.submit(self._read_large, full, st, large)
+            self.pool.submit(self._read_large, full, st, large)
             place = (large, 0)
         else:
             batch = self._batch
@@ -129,7 +129,7 @@ class FileSaver:
                 done = self._procs.submit(_read_in_process, items)
             done.add_done_callback(lambda f: self._absorb(f, items, future))
         else:
-            self._pool.submit(self._read_batch_here, items, future)
+            self.pool.submit(self._read_batch_here, items, future)
         # Keep the walk at most a few batches ahead of the readers, so the metadata waiting for
         # them (and thus memory) stays bounded however many files the tree has.
         self._outstanding.append(future)
@@ -141,7 +141,7 @@ class FileSaver:
     def close(self) -> None:
         if self._procs is not None:
             self._procs.shutdown(wait=True, cancel_futures=True)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     # ---- small files ---------------------------------------------------------------------------
 

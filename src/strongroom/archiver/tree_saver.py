@@ -11,6 +11,7 @@ It also gathers the snapshot's manifest (every blob a tree references) and the n
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 import blake3
 
@@ -34,8 +35,10 @@ class TreeSaver:
         racy_after: int,
         warn: Callable[[str], None],
         cache_hint: str,
+        pool: Executor,
     ) -> None:
         self.blobs = blobs
+        self.pool = pool  # where new trees are compressed and encrypted
         self.parent = parent
         self.counts = counts
         self.racy_after = racy_after
@@ -65,7 +68,8 @@ class TreeSaver:
             entries = job.entries
             for i in job.dir_entries:
                 entries[i]["subtree"] = subtrees[entries[i]["name"]].hex()
-            tree_id = self.blobs.save(BlobType.TREE, tree.encode_entries(job.entries))
+            raw = tree.encode_entries(job.entries)
+            tree_id = self.blobs.save_later(BlobType.TREE, raw, self.pool)
             job.content_ids.add(tree_id)
             job.tree_id, job.refs = tree_id, frozenset(job.content_ids)
         assert job.tree_id is not None
@@ -126,7 +130,7 @@ class TreeSaver:
             return False
         if new_raw is None:
             return False
-        tree_id = self.blobs.save(BlobType.TREE, new_raw)
+        tree_id = self.blobs.save_later(BlobType.TREE, new_raw, self.pool)
         job.tree_id = tree_id
         job.refs = (cached.refs - {cached.tree_id}) | {tree_id}
         return True
