@@ -20,7 +20,11 @@ _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 def display(text: str) -> str:
     """One line per path, whatever the name holds: undecodable bytes (surrogate escapes),
     control characters and line separators are shown as escapes, so a terminal never receives
-    raw control bytes (a name with ESC or CR could otherwise rewrite the screen)."""
+    raw control bytes (a name with ESC or CR could otherwise rewrite the screen). Credentials
+    (a password in a connection URL, a registered secret) are masked."""
+    from ..redact import redact
+
+    text = redact(text)
     if text.isprintable():
         return text
     out = []

@@ -208,9 +208,13 @@ async def _refuse(
 
 
 def setup_logging(config: ServerConfig) -> None:
+    from ..redact import RedactingFilter
+
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.log_file is not None:
         handlers.append(logging.FileHandler(config.log_file))
+    for handler in handlers:  # every line, whoever logs it (psycopg, botocore): no secrets
+        handler.addFilter(RedactingFilter())
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

@@ -44,17 +44,34 @@ from .config import load_config
     default=None,
     help="HTTPS port of the web console and /metrics (default 44080; 0 = off).",
 )
+@click.option(
+    "--metadata",
+    default=None,
+    metavar="postgresql://USER@HOST/DB",
+    help="Scale-out: PostgreSQL for all shared state (env STRONGROOM_METADATA; the password "
+    "from metadata_password_file, PGPASSWORD or ~/.pgpass, never here).",
+)
+@click.option(
+    "--blobs",
+    default=None,
+    metavar="s3://BUCKET?endpoint=URL",
+    help="Scale-out: the S3 bucket for packs (env STRONGROOM_BLOBS; keys from "
+    "s3_credentials_file or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).",
+)
+@click.option("--node-id", default=None, help="Scale-out: this node's name in the sessions table.")
 @handle_errors("strongroom-server")
 def main(config_file: str | None, **flags: Any) -> None:
     """Serve encrypted backups to strongroom clients over TLS."""
     from .app import ServerContext, serve, setup_logging
     from .datadir import DataDir
+    from .deployment import refuse_argv_secrets
     from .opsdb import OpsDB
     from .purge import finish_purges
     from .stores import StoreRegistry
     from .tls import certificate_fingerprint, ensure_certificate, server_ssl_context
     from .userdb import UserDB
 
+    refuse_argv_secrets(flags.get("metadata"), flags.get("blobs"))
     config = load_config(Path(config_file) if config_file else None, flags)
     setup_logging(config)
     datadir = DataDir(config.data_dir)

@@ -69,6 +69,24 @@ class ServerConfig:
     smtp_password_file: Path | None = None
     smtp_from: str = ""
     smtp_ca_file: Path | None = None  # to trust a private mail server's certificate
+    # Scale-out (server/deployment.py): PostgreSQL for every piece of shared state and an S3
+    # bucket for the packs; both or neither (neither: SQLite and the data folder). Secrets
+    # never in argv: the password from this file (or libpq's PGPASSWORD / ~/.pgpass), S3 keys
+    # from an AWS credentials file (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    metadata: str = ""  # postgresql://USER@HOST[:PORT]/DATABASE[?sslmode=…]
+    blobs: str = ""  # s3://BUCKET[/PREFIX]?endpoint=URL&region=R[&ca_file=PEM]
+    metadata_password_file: Path | None = None
+    s3_credentials_file: Path | None = None
+    # Nodes prove they are alive every heartbeat_interval seconds; a node silent for
+    # missed_heartbeats intervals is dead and its sessions no longer hold GC back.
+    node_id: str = ""  # default: host name, port and a random suffix
+    heartbeat_interval: float = 5.0
+    missed_heartbeats: int = 6
+
+    @property
+    def scaleout(self) -> bool:
+        """PostgreSQL + S3 instead of SQLite + the data folder."""
+        return bool(self.metadata)
 
 
 _ENV = {
@@ -106,6 +124,13 @@ _ENV = {
     "smtp_password_file": "STRONGROOM_SMTP_PASSWORD_FILE",
     "smtp_from": "STRONGROOM_SMTP_FROM",
     "smtp_ca_file": "STRONGROOM_SMTP_CA_FILE",
+    "metadata": "STRONGROOM_METADATA",
+    "blobs": "STRONGROOM_BLOBS",
+    "metadata_password_file": "STRONGROOM_METADATA_PASSWORD_FILE",
+    "s3_credentials_file": "STRONGROOM_S3_CREDENTIALS_FILE",
+    "node_id": "STRONGROOM_NODE_ID",
+    "heartbeat_interval": "STRONGROOM_HEARTBEAT_INTERVAL",
+    "missed_heartbeats": "STRONGROOM_MISSED_HEARTBEATS",
 }
 _INTS = (
     "port",
@@ -118,6 +143,7 @@ _INTS = (
     "login_lockout_after",
     "web_port",
     "smtp_port",
+    "missed_heartbeats",
 )
 _FLOATS = (
     "idle_timeout",
@@ -128,6 +154,7 @@ _FLOATS = (
     "expected_interval",
     "alert_check_interval",
     "alert_repeat",
+    "heartbeat_interval",
 )
 _PATHS = (
     "data_dir",
@@ -137,6 +164,8 @@ _PATHS = (
     "metrics_token_file",
     "smtp_password_file",
     "smtp_ca_file",
+    "metadata_password_file",
+    "s3_credentials_file",
 )
 _BOOLS = ("notify_users",)
 
@@ -215,6 +244,12 @@ def _typed(values: dict[str, Any]) -> ServerConfig:
         raise UsageError("smtp_security must be starttls, tls or none")
     if min(cfg.expected_interval, cfg.alert_check_interval, cfg.alert_repeat) <= 0:
         raise UsageError("expected_interval, alert_check_interval and alert_repeat must be > 0")
+    if bool(cfg.metadata) != bool(cfg.blobs):
+        raise UsageError(
+            "scale-out needs both metadata (postgresql://…) and blobs (s3://…), or neither"
+        )
+    if not 0.1 <= cfg.heartbeat_interval <= 3600 or not 2 <= cfg.missed_heartbeats <= 1000:
+        raise UsageError("heartbeat_interval must be 0.1-3600 s and missed_heartbeats 2-1000")
     return cfg
 
 
