@@ -39,7 +39,7 @@ class Admin:
     @property
     def db(self) -> UserDB:
         if self._db is None:
-            self._db = UserDB(self.datadir.users_db)
+            self._db = UserDB.open_file(self.datadir.users_db)
         return self._db
 
     def close(self) -> None:

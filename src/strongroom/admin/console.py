@@ -17,8 +17,7 @@ from .app import Admin, cli, pass_admin, read_new_password
 
 
 def _ops(admin: Admin) -> OpsDB:
-    admin.db  # noqa: B018 - opening it brings the schema up to date first
-    return OpsDB(admin.datadir.users_db)
+    return OpsDB(admin.db.db)  # opening the UserDB brought the schema up to date
 
 
 @cli.group("console-admin")

@@ -83,7 +83,7 @@ def main(config_file: str | None, **flags: Any) -> None:
         cert, key = config.tls_cert, config.tls_key
     tls = server_ssl_context(cert, key)
     fingerprint = certificate_fingerprint(cert)
-    userdb = UserDB(datadir.users_db)
+    userdb = UserDB.open_file(datadir.users_db)
     finish_purges(datadir, userdb)  # a `user delete --purge-data` a crash interrupted
     ctx = ServerContext(
         config=config,
@@ -91,7 +91,7 @@ def main(config_file: str | None, **flags: Any) -> None:
         userdb=userdb,
         secret=datadir.server_secret(),
         stores=StoreRegistry(datadir.storage_root),
-        ops=OpsDB(datadir.users_db),
+        ops=OpsDB(userdb.db),
     )
 
     def announce(addresses: list[Any], web: list[tuple[str, int]]) -> None:

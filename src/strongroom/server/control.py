@@ -63,6 +63,9 @@ async def _handle(
             answer = {"ok": False, "error": f"bad request: {exc}"}
         except StrongroomError as exc:
             answer = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug: the admin still gets an answer, the log the details
+            log.exception("admin request failed")
+            answer = {"ok": False, "error": f"internal error ({type(exc).__name__})"}
         writer.write(json.dumps(answer).encode() + b"\n")
         await writer.drain()
     except (OSError, TimeoutError, ValueError):

@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 
 def address_group(host: str) -> str:
@@ -52,6 +53,29 @@ class _Record:
 
 
 _NO_LOCK = contextlib.nullcontext()
+
+
+class KeyedLocks:
+    """One asyncio lock per key, held in the table only while someone uses it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, users of it)
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]  # nobody waits: the table holds only keys in use
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 class LoginRefused(Exception):
@@ -81,7 +105,9 @@ class Attempt:
         self._throttle._remember_pair(*self._keys)
 
 
-class FailureThrottle:
+class ThrottleRules:
+    """The numbers both throttles apply (this one in memory, shared_throttle.py across nodes)."""
+
     def __init__(
         self,
         *,
@@ -104,11 +130,36 @@ class FailureThrottle:
         self.forget_after = forget_after
         self.max_entries = max_entries
         self.known_for = known_for
+        self._serialised = KeyedLocks()
+
+    def delay_after(self, failures: int) -> float:
+        """Seconds an answer waits after this many failures."""
+        if failures < self.free_attempts:
+            return 0.0
+        return float(min(self.max_delay, self.base_delay * 2.0 ** (failures - self.free_attempts)))
+
+    def lockout_at(self, failures: int) -> float:
+        """Seconds the key is locked when it reaches this many failures (0: not now)."""
+        if failures % self.lockout_after:
+            return 0.0
+        step = failures // self.lockout_after - 1
+        return float(min(self.lockout_max, self.lockout_base * 2.0**step))
+
+    def keep_for(self, failures: int) -> float:
+        """How long a record is kept after its last failure: a key that was ever locked keeps
+        escalating for lockout_max."""
+        if failures >= self.lockout_after:
+            return max(self.forget_after, self.lockout_max)
+        return self.forget_after
+
+
+class FailureThrottle(ThrottleRules):
+    def __init__(self, **rules: Any) -> None:
+        super().__init__(**rules)
         # (account key, address key) -> time of the last success, oldest first
         self._known: OrderedDict[tuple[str, str], float] = OrderedDict()
         # key -> record; least recently failed first, so pruning is cheap.
         self._records: OrderedDict[str, _Record] = OrderedDict()
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, users of it)
 
     # ---- the async entry point --------------------------------------------------------------
 
@@ -132,32 +183,13 @@ class FailureThrottle:
                 await asyncio.sleep(delay)
             yield Attempt(self, user_key, address_key)
 
-    @contextlib.asynccontextmanager
-    async def _serialised(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]  # nobody waits: the table holds only keys in use
-            else:
-                self._locks[key] = (lock, users - 1)
-
     # ---- bookkeeping ------------------------------------------------------------------------
 
     def _record(self, key: str, now: float) -> _Record | None:
         rec = self._records.get(key)
         if rec is None:
             return None
-        keep = self.forget_after
-        if rec.failures >= self.lockout_after:
-            keep = max(keep, self.lockout_max)  # a key that was locked keeps escalating
-        if now - rec.last_failure > keep and now >= rec.locked_until:
+        if now - rec.last_failure > self.keep_for(rec.failures) and now >= rec.locked_until:
             del self._records[key]
             return None
         return rec
@@ -191,19 +223,15 @@ class FailureThrottle:
 
     def _delay_for(self, keys: tuple[str, ...], now: float) -> float:
         counts = [self._record(k, now) for k in keys]
-        n = max((r.failures for r in counts if r is not None), default=0)
-        if n < self.free_attempts:
-            return 0.0
-        return float(min(self.max_delay, self.base_delay * 2.0 ** (n - self.free_attempts)))
+        return self.delay_after(max((r.failures for r in counts if r is not None), default=0))
 
     def _record_failure(self, key: str) -> None:
         now = time.monotonic()
         rec = self._record(key, now) or _Record()
         rec.failures += 1
         rec.last_failure = now
-        if rec.failures % self.lockout_after == 0:
-            step = rec.failures // self.lockout_after - 1
-            rec.locked_until = now + min(self.lockout_max, self.lockout_base * 2.0**step)
+        if lock := self.lockout_at(rec.failures):
+            rec.locked_until = now + lock
         self._records[key] = rec
         self._records.move_to_end(key)
         self._prune(now)

@@ -1,31 +1,31 @@
-"""The server's user database (SQLite): accounts, login verifiers, wrapped keys and policies.
+"""The server's user database: accounts, login verifiers, wrapped keys and policies.
 
 It never holds a password or a data key: only the Argon2id salt and parameters, a hash of the
 authentication key, and the client's key file (keys wrapped by a key only the password gives).
 Every call goes to the database (no cache), so `strongroom-admin` changes take effect on a
-running server at the next login or request. One connection per UserDB, guarded by a lock so
-the server may call it from several threads; WAL lets the admin tool and the server share it.
+running server at the next login or request. One code path for both engines (db/): SQLite's
+users.sqlite in embedded mode (WAL lets the admin tool and the server share it), PostgreSQL
+in scale-out mode, where every node reads the same rows.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import os
 import re
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
 from ..crypto import KdfParams
+from ..db import Database, SqliteDatabase
 from ..errors import StrongroomError, UsageError
 from ..keys import KeyFile
-from .schema import DEFAULT_PROTECT_WINDOW_S, MIGRATIONS, SCHEMA_VERSION
+from .schema import DEFAULT_PROTECT_WINDOW_S, SCHEMA_VERSION, migrate
+
+__all__ = ["SCHEMA_VERSION", "User", "UserDB"]
 
 _SELECT = (
     "SELECT id, name, storage_id, directory, salt, kdf_memory_kib, kdf_iterations, kdf_lanes, "
@@ -153,84 +153,33 @@ def parse_quota(text: str) -> int | None:
 
 
 class UserDB:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if not path.exists():  # SQLite gives its -wal and -shm files the database's mode
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600))
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+    def __init__(self, db: Database | Path) -> None:
+        """On a Database, or on the embedded mode's users.sqlite (created 0600 on first use)."""
+        self.db = SqliteDatabase(db) if isinstance(db, Path) else db
         try:
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._set_wal()
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
+            migrate(self.db)
         except BaseException:
-            self._db.close()
+            if isinstance(db, Path):
+                self.db.close()
             raise
 
-    # ---- set-up -------------------------------------------------------------------------
-
-    def _set_wal(self) -> None:
-        # Switching a new file to WAL needs a moment alone with it; another process doing the
-        # same can make it fail at once, without waiting on the busy timeout.
-        for attempt in range(100):
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError:
-                if attempt == 99:
-                    raise
-                time.sleep(0.05)
-
-    def _version(self) -> int:
-        row = self._db.execute("PRAGMA user_version").fetchone()
-        return int(row[0])
-
-    def _migrate(self) -> None:
-        if self._version() == SCHEMA_VERSION:
-            return
-        with self._transaction():
-            version = self._version()  # another process may have migrated meanwhile
-            if version > SCHEMA_VERSION:
-                raise StrongroomError(
-                    f"{self.path} was written by a newer strongroom (schema {version}); "
-                    "upgrade strongroom"
-                )
-            for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step]:
-                    self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """A write transaction that holds the database lock from the start (the caller holds
-        self._lock, or is __init__), so reads inside it see what the writes will change."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    @classmethod
+    def open_file(cls, path: Path) -> UserDB:
+        return cls(path)
 
     # ---- reads --------------------------------------------------------------------------
 
     def get(self, name: str) -> User | None:
         """The user called `name` (user names are case-insensitive)."""
-        with self._lock:
-            row = self._db.execute(_SELECT + " WHERE name = ?", (name,)).fetchone()
+        row = self.db.execute(_SELECT + " WHERE lower(name) = lower(?)", (name,)).fetchone()
         return _user(row) if row else None
 
     def get_by_id(self, uid: int) -> User | None:
-        with self._lock:
-            row = self._db.execute(_SELECT + " WHERE id = ?", (uid,)).fetchone()
+        row = self.db.execute(_SELECT + " WHERE id = ?", (uid,)).fetchone()
         return _user(row) if row else None
 
     def list(self) -> list[User]:
-        with self._lock:
-            rows = self._db.execute(_SELECT + " ORDER BY name").fetchall()
-        return [_user(r) for r in rows]
+        return [_user(r) for r in self.db.query(_SELECT + " ORDER BY lower(name)")]
 
     # ---- writes -------------------------------------------------------------------------
 
@@ -251,55 +200,52 @@ class UserDB:
         _check_quota(quota)
         if not 0 <= protect_window_s <= MAX_WINDOW_S:
             raise UsageError("the protection window must be between 0 and 100 years")
-        with self._lock:
-            with self._transaction():
-                if self._db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
-                    raise UsageError(f"user {name} already exists")
-                cur = self._db.execute(
-                    "INSERT INTO users(name, storage_id, directory, salt, kdf_memory_kib, "
-                    "kdf_iterations, kdf_lanes, auth_hash, keyfile, must_change_password, quota, "
-                    "append_only, created_ns, protect_window_s) "
-                    "VALUES(?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, ?, ?, ?, ?)",
-                    (
-                        name,
-                        os.urandom(16).hex(),
-                        directory,
-                        salt,
-                        kdf.memory_kib,
-                        kdf.iterations,
-                        kdf.lanes,
-                        auth_hash,
-                        quota,
-                        int(append_only),
-                        time.time_ns(),
-                        protect_window_s,
-                    ),
-                )
-                uid = cur.lastrowid
-            row = self._db.execute(_SELECT + " WHERE id = ?", (uid,)).fetchone()
+        with self.db.transaction() as tx:
+            taken = tx.execute("SELECT 1 FROM users WHERE lower(name) = lower(?)", (name,))
+            if taken.fetchone():
+                raise UsageError(f"user {name} already exists")
+            uid = tx.execute(
+                "INSERT INTO users(name, storage_id, directory, salt, kdf_memory_kib, "
+                "kdf_iterations, kdf_lanes, auth_hash, keyfile, must_change_password, quota, "
+                "append_only, created_ns, protect_window_s) "
+                "VALUES(?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, ?, ?, ?, ?) RETURNING id",
+                (
+                    name,
+                    os.urandom(16).hex(),
+                    directory,
+                    salt,
+                    kdf.memory_kib,
+                    kdf.iterations,
+                    kdf.lanes,
+                    auth_hash,
+                    quota,
+                    int(append_only),
+                    time.time_ns(),
+                    protect_window_s,
+                ),
+            ).scalar()
+            row = tx.execute(_SELECT + " WHERE id = ?", (uid,)).fetchone()
         return _user(row)
 
     def delete(self, name: str, *, purge: bool = False) -> User | None:
         """Remove the user's row and return it (None if there was no such user). With `purge`,
         their storage is queued for removal in the same transaction (see pending_purges)."""
-        with self._lock, self._transaction():
-            row = self._db.execute(_SELECT + " WHERE name = ?", (name,)).fetchone()
+        with self.db.transaction() as tx:
+            row = tx.execute(_SELECT + " WHERE lower(name) = lower(?)", (name,)).fetchone()
             if row is not None:
-                self._db.execute("DELETE FROM users WHERE id = ?", (row[0],))
+                tx.execute("DELETE FROM users WHERE id = ?", (row[0],))
                 if purge:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO pending_purges(storage_id) VALUES(?)", (row[2],)
+                    tx.execute(
+                        "INSERT INTO pending_purges(storage_id) VALUES(?) ON CONFLICT DO NOTHING",
+                        (row[2],),
                     )
         return _user(row) if row else None
 
     def pending_purges(self) -> builtins.list[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT storage_id FROM pending_purges").fetchall()
-        return [str(r[0]) for r in rows]
+        return [str(r[0]) for r in self.db.query("SELECT storage_id FROM pending_purges")]
 
     def purge_done(self, storage_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM pending_purges WHERE storage_id = ?", (storage_id,))
+        self.db.execute("DELETE FROM pending_purges WHERE storage_id = ?", (storage_id,))
 
     def set_login(
         self, uid: int, *, salt: bytes, kdf: KdfParams, auth_hash: bytes, must_change: bool
@@ -316,22 +262,21 @@ class UserDB:
 
         Only if the account is still at `generation` (nobody reset, changed or deleted it
         since the caller's session read it); returns the new generation."""
-        with self._lock:
-            cur = self._db.execute(
-                "UPDATE users SET keyfile = ?, salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, "
-                "kdf_lanes = ?, auth_hash = ?, must_change_password = 0, "
-                "generation = generation + 1 WHERE id = ? AND generation = ?",
-                (
-                    keyfile.to_json().encode(),
-                    keyfile.salt,
-                    keyfile.kdf.memory_kib,
-                    keyfile.kdf.iterations,
-                    keyfile.kdf.lanes,
-                    keyfile.auth_hash,
-                    uid,
-                    generation,
-                ),
-            )
+        cur = self.db.execute(
+            "UPDATE users SET keyfile = ?, salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, "
+            "kdf_lanes = ?, auth_hash = ?, must_change_password = 0, "
+            "generation = generation + 1 WHERE id = ? AND generation = ?",
+            (
+                keyfile.to_json().encode(),
+                keyfile.salt,
+                keyfile.kdf.memory_kib,
+                keyfile.kdf.iterations,
+                keyfile.kdf.lanes,
+                keyfile.auth_hash,
+                uid,
+                generation,
+            ),
+        )
         if cur.rowcount == 0:
             raise StrongroomError("this account was changed or deleted meanwhile; log in again")
         return generation + 1
@@ -362,79 +307,67 @@ class UserDB:
             validate_directory(directory)
         if quota != "unset":
             _check_quota(quota)
-        with self._lock:
-            with self._transaction():
-                row = self._db.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
-                if row is None:
-                    raise UsageError(f"no user {name}")
-                uid = int(row[0])
-                if directory is not None:
-                    self._db.execute(
-                        "UPDATE users SET directory = ? WHERE id = ?", (directory, uid)
-                    )
-                if quota != "unset":
-                    self._db.execute("UPDATE users SET quota = ? WHERE id = ?", (quota, uid))
-                if append_only is not None:
-                    # A change of the flag ends open sessions (they were admitted under the
-                    # other rule); setting it to what it is changes nothing.
-                    self._db.execute(
-                        "UPDATE users SET append_only = ?, generation = generation + 1 "
-                        "WHERE id = ? AND append_only != ?",
-                        (int(append_only), uid, int(append_only)),
-                    )
-                if protect_window_s is not None:
-                    self._db.execute(
-                        "UPDATE users SET protect_window_s = ? WHERE id = ?",
-                        (protect_window_s, uid),
-                    )
-                if expected_interval_s != "unset":
-                    self._db.execute(
-                        "UPDATE users SET expected_interval_s = ? WHERE id = ?",
-                        (expected_interval_s, uid),
-                    )
-                if notify_email != "unset":
-                    self._db.execute(
-                        "UPDATE users SET notify_email = ? WHERE id = ?", (notify_email, uid)
-                    )
-                if policy != "unset":
-                    self._db.execute("UPDATE users SET policy = ? WHERE id = ?", (policy, uid))
-            row = self._db.execute(_SELECT + " WHERE id = ?", (uid,)).fetchone()
-        return _user(row)
+        changes: builtins.list[tuple[str, tuple[object, ...]]] = []
+        if directory is not None:
+            changes.append(("directory = ?", (directory,)))
+        if quota != "unset":
+            changes.append(("quota = ?", (quota,)))
+        if protect_window_s is not None:
+            changes.append(("protect_window_s = ?", (protect_window_s,)))
+        if expected_interval_s != "unset":
+            changes.append(("expected_interval_s = ?", (expected_interval_s,)))
+        if notify_email != "unset":
+            changes.append(("notify_email = ?", (notify_email,)))
+        if policy != "unset":
+            changes.append(("policy = ?", (policy,)))
+        with self.db.transaction() as tx:
+            row = tx.execute("SELECT id FROM users WHERE lower(name) = lower(?)", (name,))
+            found = row.fetchone()
+            if found is None:
+                raise UsageError(f"no user {name}")
+            uid = int(found[0])
+            for assignment, params in changes:
+                tx.execute(f"UPDATE users SET {assignment} WHERE id = ?", (*params, uid))  # noqa: S608 - constant columns
+            if append_only is not None:
+                # A change of the flag ends open sessions (they were admitted under the
+                # other rule); setting it to what it is changes nothing.
+                tx.execute(
+                    "UPDATE users SET append_only = ?, generation = generation + 1 "
+                    "WHERE id = ? AND append_only != ?",
+                    (int(append_only), uid, int(append_only)),
+                )
+            row = tx.execute(_SELECT + " WHERE id = ?", (uid,))
+            return _user(row.fetchone())
 
     def record_backup(self, uid: int, time_ns: int, result: str) -> None:
         """Note the time and outcome of the user's last backup (no-op if they were deleted);
         an "ok" is also their last success (what makes a backup overdue or not)."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE users SET last_backup_ns = ?, last_backup_result = ?, "
-                "last_success_ns = CASE WHEN ? = 'ok' THEN ? ELSE last_success_ns END "
-                "WHERE id = ?",
-                (time_ns, result, result, time_ns, uid),
-            )
+        self.db.execute(
+            "UPDATE users SET last_backup_ns = ?, last_backup_result = ?, "
+            "last_success_ns = CASE WHEN ? = 'ok' THEN ? ELSE last_success_ns END "
+            "WHERE id = ?",
+            (time_ns, result, result, time_ns, uid),
+        )
 
     def get_setting(self, name: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        row = self.db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
     def set_setting(self, name: str, value: str | None) -> None:
-        with self._lock, self._transaction():
-            if value is None:
-                self._db.execute("DELETE FROM settings WHERE name = ?", (name,))
-            else:
-                self._db.execute(
-                    "INSERT INTO settings(name, value) VALUES(?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                    (name, value),
-                )
+        if value is None:
+            self.db.execute("DELETE FROM settings WHERE name = ?", (name,))
+            return
+        self.db.execute(
+            "INSERT INTO settings(name, value) VALUES(?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     def _write(self, sql: str, params: tuple[object, ...]) -> None:
-        with self._lock:
-            cur = self._db.execute(sql, params)
+        cur = self.db.execute(sql, params)
         if cur.rowcount == 0:
             raise StrongroomError("this user no longer exists")
 
