@@ -99,7 +99,9 @@ class PgPool:
                 if current != schema:
                     with _mapped():
                         conn.execute(
-                            sql.SQL("SET search_path TO {}").format(sql.Identifier(schema))
+                            sql.SQL("SET search_path TO {}, public").format(
+                                sql.Identifier(schema)
+                            )
                         )
                     with self._paths_lock:
                         self._paths[conn] = schema
@@ -142,7 +144,9 @@ class PgTx(Tx):
 class PostgresDatabase(Database):
     """A schema of a PostgreSQL database, reached through a shared PgPool. The schema is
     created on first use (`create=True`). Exclusive transactions of one schema are serialised
-    by `pg_advisory_xact_lock` on a key derived from the schema's name, across every node."""
+    by `pg_advisory_xact_lock` on a key derived from the schema's name, across every node;
+    advisory lock names are scoped to the schema too. The search path is the schema, then
+    `public`: a store's transaction can read the server's shared tables (quotas) unqualified."""
 
     dialect: ClassVar[Dialect] = "postgresql"
 
@@ -208,7 +212,7 @@ class PostgresDatabase(Database):
 
     @contextlib.contextmanager
     def advisory_lock(self, name: str, *, timeout_s: float | None = None) -> Iterator[None]:
-        key = lock_key(name)
+        key = lock_key(f"{self.schema}:{name}")
         # A connection of its own for as long as the lock is held: the lock belongs to it,
         # and PostgreSQL releases it if this node dies (the connection ends).
         with self.pool.connection(self.schema) as conn:
@@ -237,7 +241,7 @@ class PostgresDatabase(Database):
 
     @contextlib.contextmanager
     def try_advisory_lock(self, name: str) -> Iterator[bool]:
-        key = lock_key(name)
+        key = lock_key(f"{self.schema}:{name}")
         with self.pool.connection(self.schema) as conn:
             got = bool(PgTx(conn).execute("SELECT pg_try_advisory_lock(?)", (key,)).scalar())
             try:

@@ -14,20 +14,25 @@ Two phases make it safe while backups run (docs/FORMAT.md, "Garbage collection")
 Packs whose blobs are all deletable are removed; packs whose deletable share is at least
 `repack_threshold` have their live blobs copied into a new pack first. Every step is: write any
 new pack durably (unindexed), switch the index in one transaction that re-checks the decision,
-then delete old files. A crash at any point leaves the index consistent; unindexed files are
-removed by the next writer's open (PackStore._remove_unindexed_packs).
+then delete old objects (only inside a transaction that re-checks that no index row and no
+pending write names them). A crash at any point leaves the index consistent; unindexed objects
+are removed later by PackStore.remove_leftovers. Times are the database's clock (`now_ns`): in
+scale-out mode the horizon comes from the shared sessions table, in that clock too. Runs on
+several nodes are serialised by the caller with `PackStore.gc_lock()` (an advisory lock).
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..crypto import content_checksum
+from ..db import Tx
+from .objects import PackMissing
 from .packstore import PackStore
+from .trailer import TrailerEntry
 
 REPACK_THRESHOLD = 0.3  # repack a pack once this share of its bytes is garbage
 
@@ -106,14 +111,14 @@ def collect_garbage(
 
     with guard, store.transaction() as db:
         # Read under the index lock: whoever listed these blobs as live did so before this.
-        now = time.time_ns()
+        now = db.now_ns()
         report.newly_condemned = db.execute(
             _CONDEMN,
             (now,),
         ).rowcount
     _notify(step, "condemned")
     given = horizon_ns() if callable(horizon_ns) else horizon_ns
-    horizon = time.time_ns() if given is None else given
+    horizon = store.db.now_ns() if given is None else given
 
     for pack_id, pack_name, pack_size in _packs_with_garbage(store, horizon):
         with guard:
@@ -168,9 +173,9 @@ def _packs_with_garbage(store: PackStore, horizon: int) -> Iterator[tuple[int, s
 
 def _plan(store: PackStore, pack_id: int, horizon: int) -> _Plan | None:
     rows = store.query(
-        "SELECT b.id, b.blob_id, b.type, b.offset, b.length, b.checksum, "  # noqa: S608 - constant
+        'SELECT b.id, b.blob_id, b.type, b."offset", b.length, b.checksum, '  # noqa: S608 - constant
         f"CASE WHEN {_deletable_sql()} THEN 1 ELSE 0 END "
-        "FROM blobs b WHERE b.pack = ? ORDER BY b.offset",
+        'FROM blobs b WHERE b.pack = ? ORDER BY b."offset"',
         (horizon, pack_id),
     )
     plan = _Plan(pack_id, [], [])
@@ -182,7 +187,7 @@ def _plan(store: PackStore, pack_id: int, horizon: int) -> _Plan | None:
     return plan
 
 
-def _still_dead(db: Any, plan: _Plan, horizon: int) -> bool:
+def _still_dead(db: Tx, plan: _Plan, horizon: int) -> bool:
     """Inside the switching transaction: has anything revived or referenced a dead blob?"""
     for row_id, _off, _len in plan.dead:
         ok = db.execute(
@@ -191,7 +196,7 @@ def _still_dead(db: Any, plan: _Plan, horizon: int) -> bool:
         ).fetchone()
         if ok is None:
             return False
-    count = db.execute("SELECT COUNT(*) FROM blobs WHERE pack = ?", (plan.pack_id,)).fetchone()[0]
+    count = db.execute("SELECT COUNT(*) FROM blobs WHERE pack = ?", (plan.pack_id,)).scalar()
     return bool(count == len(plan.dead) + len(plan.live))
 
 
@@ -209,7 +214,7 @@ def _drop(
         db.executemany("DELETE FROM blobs WHERE id = ?", [(r,) for r, _o, _n in plan.dead])
         db.execute("DELETE FROM packs WHERE id = ?", (plan.pack_id,))
     _notify(step, "dropped")
-    store.remove_pack_file(pack_name)
+    store.delete_unused_objects([pack_name])
     return True
 
 
@@ -223,46 +228,46 @@ def _repack(
 ) -> bool:
     parts: list[bytes] = []
     entries: list[tuple[int, int, int]] = []  # row id, new offset, length
+    trailer: list[TrailerEntry] = []
     offset = 0
-    path = store.pack_path(pack_name)
+    ranges = [(old_off, length) for _r, _b, _t, old_off, length, _c in plan.live]
     try:
-        with open(path, "rb") as fh:
-            for row_id, _bid, _type, old_off, length, checksum in plan.live:
-                fh.seek(old_off)
-                data = fh.read(length)
-                if len(data) != length or content_checksum(data) != checksum:
-                    return False  # damaged: leave the pack alone for scrub to report
-                parts.append(data)
-                entries.append((row_id, offset, length))
-                offset += length
-    except FileNotFoundError:
+        datas = list(store.objects.read_ranges(pack_name, ranges))
+    except PackMissing:
         return False
-    new_name = store.write_pack_file(parts)
+    for (row_id, bid, btype, _old, length, checksum), data in zip(plan.live, datas, strict=True):
+        if len(data) != length or content_checksum(data) != checksum:
+            return False  # damaged: leave the pack alone for scrub to report
+        parts.append(data)
+        entries.append((row_id, offset, length))
+        trailer.append(TrailerEntry(bid, btype, offset, length, checksum))
+        offset += length
+    new = store.write_object(parts, trailer)
     _notify(step, "new-pack-written")
     switched = False
     try:
         with guard, store.transaction() as db:
             if not _still_dead(db, plan, horizon):
                 return False
+            store.claim_pending(db, new)
             new_id = db.execute(
                 "INSERT INTO packs(name, size, created_ns) VALUES(?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET size=excluded.size RETURNING id",
-                (new_name, offset, time.time_ns()),
-            ).fetchone()[0]
+                (new.name, new.size, db.now_ns()),
+            ).scalar()
             db.executemany(
-                "UPDATE blobs SET pack = ?, offset = ? WHERE id = ?",
+                'UPDATE blobs SET pack = ?, "offset" = ? WHERE id = ?',
                 [(new_id, off, row_id) for row_id, off, _n in entries],
             )
             db.executemany("DELETE FROM blobs WHERE id = ?", [(r,) for r, _o, _n in plan.dead])
             db.execute("DELETE FROM packs WHERE id = ?", (plan.pack_id,))
             switched = True
     finally:
-        # Never indexed (unless identical bytes already were: then it is not ours to remove).
-        if not switched and new_name != pack_name and not store.has_pack(new_name):
-            store.remove_pack_file(new_name)
+        if not switched:  # its pending row goes, and the object unless someone indexed it
+            store.discard_object(new)
     _notify(step, "switched")
-    if new_name != pack_name:
-        store.remove_pack_file(pack_name)
+    if new.name != pack_name:
+        store.delete_unused_objects([pack_name])
     return True
 
 

@@ -1,18 +1,24 @@
-"""Pack files plus an SQLite index; the durability rules live here.
+"""Pack objects plus an index; the durability rules live here.
+
+One code path for both deployments: an embedded repository (an SQLite file and a local
+`packs/` folder, one writing process holding the folder's writer lock) and a scale-out store
+(a PostgreSQL schema and a prefix of an S3 bucket, written by any number of nodes at once).
 
 Write path (see docs/FORMAT.md, "Durability"):
 1. blobs are appended to an in-memory pack buffer;
-2. a full buffer is written to ``packs/xx/NAME.tmp``, fsync'd, renamed to ``NAME`` and the
-   folder fsync'd (and ``packs/`` too when ``xx`` was just created);
-3. only then are its blobs inserted into the index, in one transaction;
+2. a full buffer is registered in `pending_packs`, then stored as an object durably and
+   atomically (local: ``packs/xx/NAME.tmp``, fsync, rename, folder fsync; S3: a PUT or a
+   completed multipart upload), named by the BLAKE3 hash of its bytes;
+3. only then, in one transaction, its pending row is removed and its blobs indexed;
 4. a snapshot row and its manifest are inserted in one transaction that first checks that every
    blob of the manifest is in the index (a read-only store cannot commit at all).
-A crash at any point leaves at worst a ``.tmp`` file or a pack nobody indexed; both are removed
-the next time a writer opens the store (never by a reader: it holds no lock, so it cannot tell
-them from a live writer's pack between its rename and its index commit). A write that fails
-removes its own ``.tmp``. A new repository's index is built under a temporary name, with its
-initial metadata, and linked into place last: a crash during creation leaves no index at all.
-Tested by tests/test_crash.py, which SIGKILLs real processes.
+A crash at any point leaves at worst a partial write or an object nobody indexed. Such
+leftovers are removed later (`remove_leftovers`): by an embedded writer when it opens the
+store; in scale-out mode only once their pending row is older than the grace period, by the
+database's clock, so another node's write in progress is never taken for a leftover. Objects
+are only ever deleted inside an index transaction that re-checks that no index row and no
+pending row names them. Tested by tests/test_crash.py and tests/test_storage_conformance.py,
+which SIGKILL real processes.
 """
 
 from __future__ import annotations
@@ -20,61 +26,28 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import blake3
 
 from ..crypto import content_checksum
-from ..durable import fsync_dir
+from ..db import Database, DatabaseError, SqliteDatabase, Tx, translate_ddl
 from ..errors import IntegrityError, RepositoryError
+from . import trailer
 from .lock import WriterLock
+from .objects import LocalObjects, ObjectStore, PackMissing
+from .schema import check_version, create_in_database, create_sqlite_file, ensure_pending
 
-PACK_TARGET_SIZE = 8 * 1024 * 1024
-_WRITE_QUEUE_DEPTH = 1  # packs waiting for disk: memory stays under ~3 x PACK_TARGET_SIZE
-_SCHEMA_VERSION = 3
+PACK_TARGET_SIZE = 8 * 1024 * 1024  # embedded mode; an object store sets its own
+_WRITE_QUEUE_DEPTH = 1  # packs waiting for storage: memory stays under ~3 x the target size
 _TREE = 1  # BlobType.TREE (blobs.py), named here without importing the codec
+LEFTOVER_GRACE_NS = 3600 * 10**9  # a pack write older than this (database clock) is dead
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS packs(
-    id INTEGER PRIMARY KEY,
-    name TEXT UNIQUE NOT NULL,
-    size INTEGER NOT NULL,
-    created_ns INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS blobs(
-    id INTEGER PRIMARY KEY,
-    blob_id BLOB UNIQUE NOT NULL,
-    type INTEGER NOT NULL,
-    pack INTEGER NOT NULL REFERENCES packs(id),
-    offset INTEGER NOT NULL,
-    length INTEGER NOT NULL,
-    checksum BLOB NOT NULL,
-    condemned_ns INTEGER  -- set by GC when unreferenced; NULL = live (see store/gc.py)
-);
-CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
-CREATE TABLE IF NOT EXISTS snapshots(
-    id INTEGER PRIMARY KEY,
-    snap_id TEXT UNIQUE NOT NULL,
-    time_ns INTEGER NOT NULL,
-    record BLOB NOT NULL,
-    series TEXT NOT NULL DEFAULT '',  -- keyed hash of host + paths: groups for retention
-    protected INTEGER NOT NULL DEFAULT 0,
-    received_ns INTEGER NOT NULL DEFAULT 0  -- the store's clock at commit, not the client's
-);
-CREATE TABLE IF NOT EXISTS snapshot_blobs(
-    snapshot INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
-    blob INTEGER NOT NULL REFERENCES blobs(id),
-    PRIMARY KEY(snapshot, blob)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS snapshot_blobs_blob ON snapshot_blobs(blob);
-"""
+__all__ = ["BlobLocation", "PackMissing", "PackStore", "RootNotInManifest", "SnapshotRow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,50 +70,109 @@ class SnapshotRow:
     received_ns: int = 0  # when the store committed it (its own clock; time_ns is the client's)
 
 
+@dataclass(frozen=True, slots=True)
+class PendingObject:
+    """An object stored durably but not indexed yet; its pending row guards it."""
+
+    name: str
+    size: int
+    token: bytes
+
+
 class RootNotInManifest(IntegrityError):
     """A commit named a root that is not a stored tree among the blobs it references."""
 
 
-class PackMissing(IntegrityError):
-    """A pack the index named is gone (a concurrent GC may have moved its blobs)."""
+class StoreHooks(Protocol):
+    """The server's quota bookkeeping, run inside the store's own transactions."""
 
+    def indexed(self, tx: Tx, blobs: int, stored_bytes: int) -> None:
+        """A pack's rows were inserted: `blobs` new rows holding `stored_bytes`."""
 
-# Schema 1 -> 2: retention groups, protection, and GC's two-phase deletion.
-# Schema 2 -> 3: the time each snapshot was received; older ones get their own time, never
-# one later than the migration (a future time a client chose must not outlive it).
-_MIGRATIONS = {
-    1: (
-        "ALTER TABLE blobs ADD COLUMN condemned_ns INTEGER",
-        "ALTER TABLE snapshots ADD COLUMN series TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE snapshots ADD COLUMN protected INTEGER NOT NULL DEFAULT 0",
-    ),
-    2: (
-        "ALTER TABLE snapshots ADD COLUMN received_ns INTEGER NOT NULL DEFAULT 0",
-        "UPDATE snapshots SET received_ns = "
-        "MIN(time_ns, CAST(strftime('%s', 'now') AS INTEGER) * 1000000000)",
-    ),
-}
+    def committing(self, tx: Tx) -> None:
+        """A snapshot is about to be inserted (the store's lock is held); may raise."""
 
 
 @dataclass
 class _PendingPack:
     parts: list[bytes]
-    entries: list[tuple[bytes, int, int, int, bytes]]  # blob_id, type, offset, length, checksum
+    entries: list[trailer.TrailerEntry]
     size: int = 0
 
 
+_LOCATE = 'SELECT b.blob_id, b.type, p.name, b."offset", b.length, b.checksum FROM '
+_KEYS_DDL = "CREATE TEMP TABLE IF NOT EXISTS {name}(blob_id BLOB PRIMARY KEY)"
+
+
 class PackStore:
-    """One repository's storage. Thread-safe; blobs may be added from many threads."""
+    """One repository's storage. Thread-safe; blobs may be added from many threads.
+
+    `PackStore(root)` opens an embedded repository; `PackStore.attach(db, objects)` any
+    index database and object store (scale-out)."""
+
+    root: Path | None
 
     def __init__(self, root: Path, *, writer: bool = False) -> None:
-        self.root = root
         index = root / "index.sqlite"
         if not index.is_file():
             raise RepositoryError(f"no strongroom repository at {root} (run 'strongroom init')")
-        self._db = _connect(index)
-        self._db_lock = threading.Lock()
-        self._check_schema()
-        self._lock: WriterLock | None = None
+        try:
+            db = SqliteDatabase(index, create=False)
+        except DatabaseError as exc:
+            raise RepositoryError(f"repository index at {root} is unreadable: {exc}") from None
+        lock = None
+        try:
+            check_version(db, str(root))
+            if writer:
+                lock = WriterLock(root / "lock")
+                lock.acquire()
+        except BaseException:
+            db.close()
+            raise
+        self.root = root
+        self._setup(db, LocalObjects(root / "packs", PACK_TARGET_SIZE), str(root), writer, lock)
+
+    @classmethod
+    def attach(
+        cls,
+        db: Database,
+        objects: ObjectStore,
+        *,
+        writer: bool = False,
+        label: str = "store",
+        hooks: StoreHooks | None = None,
+        trailers: bool = True,
+        grace_ns: int = LEFTOVER_GRACE_NS,
+    ) -> PackStore:
+        """A store whose index is `db` and whose packs are `objects`, shared with other
+        writers (other nodes): nothing here assumes it is the only one."""
+        check_version(db, label)
+        store = cls.__new__(cls)
+        store.root = None
+        store._setup(db, objects, label, writer, None, hooks, trailers, grace_ns)
+        return store
+
+    def _setup(
+        self,
+        db: Database,
+        objects: ObjectStore,
+        label: str,
+        writer: bool,
+        lock: WriterLock | None,
+        hooks: StoreHooks | None = None,
+        trailers: bool = False,
+        grace_ns: int = LEFTOVER_GRACE_NS,
+    ) -> None:
+        self.db = db
+        self.objects = objects
+        self.label = label
+        self.hooks = hooks
+        self.grace_ns = grace_ns
+        # Embedded packs stay exactly as they always were (blob bytes only); scale-out packs
+        # carry the trailer index that `rebuild_index` reads (store/trailer.py).
+        self.trailers = trailers
+        self._writer = writer
+        self._lock = lock  # embedded: the folder's writer lock (one writing process)
         self._pending_ids: set[bytes] = set()
         self._current = _PendingPack(parts=[], entries=[])
         self._buf_lock = threading.Lock()
@@ -150,107 +182,60 @@ class PackStore:
         self.bytes_written = 0
         self._condemned: set[bytes] = set()  # as of opening: add_blob revives these
         if writer:
-            self._lock = WriterLock(root / "lock")
-            self._lock.acquire()
-            self._remove_unindexed_packs()
-            self._condemned = {
-                bytes(r[0])
-                for r in self.query("SELECT blob_id FROM blobs WHERE condemned_ns IS NOT NULL")
-            }
+            try:
+                ensure_pending(db)
+                self.remove_leftovers()
+                self._condemned = {
+                    bytes(r[0])
+                    for r in db.query("SELECT blob_id FROM blobs WHERE condemned_ns IS NOT NULL")
+                }
+            except BaseException:
+                self._release()
+                raise
 
     # ---- creation -------------------------------------------------------------------------
 
     @staticmethod
     def create(root: Path, meta: dict[str, bytes] | None = None) -> PackStore:
-        """Create a repository whose index holds `meta` (e.g. the key file) from the start.
-
-        The index is built under a temporary name and linked into place last, so a crash during
-        creation never leaves a half-made repository: the folder has either no index (and
-        `create` accepts it again) or a complete one.
-        """
-        index = root / "index.sqlite"
-        if index.exists():
-            raise RepositoryError(f"a repository already exists at {root}")
-        if root.exists() and not _only_init_leftovers(root):
-            raise RepositoryError(f"{root} exists and is not empty; choose an empty folder")
+        """Create an embedded repository whose index holds `meta` (e.g. the key file) from
+        the start; a crash during creation never leaves a half-made repository."""
         if meta and "schema" in meta:
             raise ValueError("'schema' is a reserved meta name")
-        if _mkdir(root, parents=True):
-            fsync_dir(root.parent)  # the repository folder's own entry must survive a crash
-        for entry in root.iterdir():  # an earlier create that was killed
-            if entry.name.startswith(_INIT_PREFIX):
-                with contextlib.suppress(OSError):
-                    entry.unlink()
-        (root / "packs").mkdir(exist_ok=True)
-        tmp = root / f"{_INIT_PREFIX}{os.urandom(8).hex()}"
-        try:
-            db = sqlite3.connect(tmp)
-            try:
-                db.execute("PRAGMA synchronous=FULL")
-                db.executescript(_SCHEMA)
-                with db:
-                    db.execute(
-                        "INSERT INTO meta(name, value) VALUES('schema', ?)", (str(_SCHEMA_VERSION),)
-                    )
-                    db.executemany(
-                        "INSERT INTO meta(name, value) VALUES(?, ?)", sorted((meta or {}).items())
-                    )
-            finally:
-                db.close()
-            _fsync_file(tmp)
-            _link_new(tmp, index)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        fsync_dir(root)
+        create_sqlite_file(root, meta)
         return PackStore(root, writer=True)
 
-    def _check_schema(self) -> None:
-        try:
-            row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise RepositoryError(f"repository index at {self.root} is unreadable: {exc}") from None
-        version = int(row[0]) if row is not None and str(row[0]).isdigit() else -1
-        if version in _MIGRATIONS:
-            self._migrate()
-        elif version != _SCHEMA_VERSION:
-            raise RepositoryError(f"repository at {self.root} has an unsupported schema")
+    @classmethod
+    def create_attached(
+        cls,
+        db: Database,
+        objects: ObjectStore,
+        meta: dict[str, bytes] | None = None,
+        *,
+        label: str = "store",
+        **kwargs: Any,
+    ) -> PackStore:
+        """Create the index in `db` (all of it in one transaction), then attach as a writer."""
+        if meta and "schema" in meta:
+            raise ValueError("'schema' is a reserved meta name")
+        create_in_database(db, meta, label)
+        return cls.attach(db, objects, writer=True, label=label, **kwargs)
 
-    def _migrate(self) -> None:
-        """Bring an older index up to date in one transaction (all or nothing)."""
-        with self._db_lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-                current = int(row[0])
-                while current in _MIGRATIONS:
-                    for statement in _MIGRATIONS[current]:
-                        self._db.execute(statement)
-                    current += 1
-                if current != _SCHEMA_VERSION:
-                    raise RepositoryError(f"repository at {self.root} has an unsupported schema")
-                self._db.execute(
-                    "UPDATE meta SET value=? WHERE name='schema'", (str(_SCHEMA_VERSION),)
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    @property
+    def target_pack_size(self) -> int:
+        return self.objects.target_pack_size
 
     # ---- metadata -------------------------------------------------------------------------
 
     def get_meta(self, name: str) -> bytes | None:
-        with self._db_lock:
-            row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def set_meta(self, name: str, value: bytes) -> None:
-        with self._db_lock, self._db:
-            self._db.execute(
-                "INSERT INTO meta(name, value) VALUES(?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
-                (name, value),
-            )
+        self.db.execute(
+            "INSERT INTO meta(name, value) VALUES(?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+            (name, value),
+        )
 
     # ---- blobs ----------------------------------------------------------------------------
 
@@ -260,11 +245,8 @@ class PackStore:
         Blobs GC has condemned are left out, so a backup that needs one sends it and thereby
         revives it (`revive`) instead of relying on something GC may be about to delete.
         """
-        with self._db_lock:
-            return {
-                bytes(r[0])
-                for r in self._db.execute("SELECT blob_id FROM blobs WHERE condemned_ns IS NULL")
-            }
+        rows = self.db.query("SELECT blob_id FROM blobs WHERE condemned_ns IS NULL")
+        return {bytes(r[0]) for r in rows}
 
     def missing(self, blob_ids: Iterable[bytes]) -> set[bytes]:
         """Of these IDs, those that are not live (absent, or condemned by GC)."""
@@ -281,28 +263,24 @@ class PackStore:
         present = self._present(wanted, live_only=False)
         condemned = present - self._present(present, live_only=True)
         if condemned:
-            with self._db_lock, self._db:
-                self._db.executemany(
+            with self.db.transaction() as tx:
+                tx.executemany(
                     "UPDATE blobs SET condemned_ns = NULL WHERE blob_id = ?",
-                    ((b,) for b in condemned),
+                    [(b,) for b in condemned],
                 )
         return present
 
     def _present(self, wanted: set[bytes], *, live_only: bool) -> set[bytes]:
         if not wanted:
             return set()
-        with self._db_lock, self._db:
-            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS probe(blob_id BLOB PRIMARY KEY)")
-            self._db.execute("DELETE FROM temp.probe")
-            self._db.executemany(
-                "INSERT OR IGNORE INTO temp.probe(blob_id) VALUES(?)", ((b,) for b in wanted)
-            )
-            rows = self._db.execute(
-                "SELECT b.blob_id FROM temp.probe w JOIN blobs b ON b.blob_id = w.blob_id "
+        with self.db.read_transaction() as tx:
+            _fill_keys(tx, "probe", wanted)
+            rows = tx.query(
+                "SELECT b.blob_id FROM probe w JOIN blobs b ON b.blob_id = w.blob_id "
                 "WHERE (? = 0 OR b.condemned_ns IS NULL)",
                 (int(live_only),),
-            ).fetchall()
-            self._db.execute("DELETE FROM temp.probe")
+            )
+            tx.execute("DELETE FROM probe")
         return {bytes(r[0]) for r in rows}
 
     def add_blob(self, blob_id: bytes, blob_type: int, stored: bytes) -> bool:
@@ -310,8 +288,7 @@ class PackStore:
         already stored but condemned by GC (hidden from `all_blob_ids`, so a backup sends it
         again): such a blob is revived instead of being stored a second time."""
         self._raise_writer_error()
-        if self._lock is None:
-            raise RepositoryError("store was opened read-only")
+        self._check_writer()
         with self._buf_lock:
             if blob_id in self._pending_ids:
                 return False
@@ -326,10 +303,12 @@ class PackStore:
                 return False
             self._pending_ids.add(blob_id)
             cur = self._current
-            cur.entries.append((blob_id, blob_type, cur.size, len(stored), checksum))
+            cur.entries.append(
+                trailer.TrailerEntry(blob_id, blob_type, cur.size, len(stored), checksum)
+            )
             cur.parts.append(stored)
             cur.size += len(stored)
-            if cur.size >= PACK_TARGET_SIZE:
+            if cur.size >= self.objects.target_pack_size:
                 full = cur
                 self._current = _PendingPack(parts=[], entries=[])
         if full is not None:
@@ -383,123 +362,162 @@ class PackStore:
         raise exc
 
     def _write_pack(self, pack: _PendingPack) -> None:
-        name = self.write_pack_file(pack.parts)
-        with self._db_lock, self._db:
-            cur = self._db.execute(
+        obj = self.write_object(pack.parts, pack.entries)
+        with self.db.transaction() as tx:
+            self.claim_pending(tx, obj)
+            pack_id = tx.execute(
                 "INSERT INTO packs(name, size, created_ns) VALUES(?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET size=excluded.size RETURNING id",
-                (name, pack.size, time.time_ns()),
+                (obj.name, obj.size, tx.now_ns()),
+            ).scalar()
+            before = _pack_rows(tx, pack_id) if self.hooks is not None else (0, 0)
+            tx.executemany(
+                'INSERT INTO blobs(blob_id, type, pack, "offset", length, checksum) '
+                "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
+                    (e.blob_id, e.type, pack_id, e.offset, e.length, e.checksum)
+                    for e in pack.entries
+                ],
             )
-            pack_id = cur.fetchone()[0]
-            self._db.executemany(
-                "INSERT OR IGNORE INTO blobs(blob_id, type, pack, offset, length, checksum) "
-                "VALUES(?, ?, ?, ?, ?, ?)",
-                [(b, t, pack_id, o, n, c) for (b, t, o, n, c) in pack.entries],
-            )
+            if self.hooks is not None:
+                after = _pack_rows(tx, pack_id)
+                self.hooks.indexed(tx, after[0] - before[0], after[1] - before[1])
         # Indexed now: no longer pending. Kept in the set, a blob GC deletes later could never
         # be stored again by this (long-lived, on a server) store: add_blob would skip it.
         with self._buf_lock:
-            self._pending_ids.difference_update(e[0] for e in pack.entries)
+            self._pending_ids.difference_update(e.blob_id for e in pack.entries)
         pack.parts.clear()
-        self.bytes_written += pack.size
+        self.bytes_written += obj.size
 
-    def write_pack_file(self, parts: list[bytes]) -> str:
-        """Write a pack durably under its content name (BLAKE3 of its bytes); not indexed yet.
+    def write_object(
+        self, parts: list[bytes], entries: list[trailer.TrailerEntry]
+    ) -> PendingObject:
+        """Store a pack durably under its content name (BLAKE3 of its bytes), registered as
+        pending and not indexed yet; `claim_pending` in the indexing transaction ends that.
 
-        Until its blobs are indexed such a pack is a leftover that the next writer's open
-        removes, so a crash before indexing loses nothing that was ever visible.
+        Until then it is a leftover to `remove_leftovers` (once its pending row is older than
+        the grace period, or at once if the writing process is gone in embedded mode), so a
+        crash before indexing loses nothing that was ever visible.
         """
+        if self.trailers:
+            parts = [*parts, trailer.encode(entries)]
         # Hash and write the parts as they are: joining them would double the pack's memory.
         hasher = blake3.blake3()
         for part in parts:
             hasher.update(part)
         name = hasher.hexdigest()
-        folder = self.root / "packs" / name[:2]
-        if _mkdir(folder):
-            # A new subfolder is only durable once its parent is fsync'd; without this a power
-            # loss could drop the folder, and with it a pack the index already points to.
-            fsync_dir(folder.parent)
-        final = folder / name
-        tmp = folder / (name + ".tmp")
-        try:
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600
+        token = os.urandom(16)
+        with self.db.transaction() as tx:  # serialised with deletions, which check this row
+            tx.execute(
+                "INSERT INTO pending_packs(name, token, started_ns) VALUES(?, ?, ?)",
+                (name, token, tx.now_ns()),
             )
-            try:
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
+        try:
+            self.objects.put(name, parts)
         except BaseException:
-            # Do not leave a partial pack behind (on a full disk it holds space we need).
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            with contextlib.suppress(Exception):
+                self.db.execute(
+                    "DELETE FROM pending_packs WHERE name = ? AND token = ?", (name, token)
+                )
             raise
-        fsync_dir(folder)
-        return name
+        return PendingObject(name, sum(len(p) for p in parts), token)
 
-    def remove_pack_file(self, name: str) -> None:
-        """Delete a pack file the index no longer names (GC, after its transaction)."""
-        path = self.pack_path(name)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        fsync_dir(path.parent)
+    def claim_pending(self, tx: Tx, obj: PendingObject) -> None:
+        """Inside the transaction that indexes `obj`: end its pending state. If it is gone,
+        leftover cleanup judged the write dead and may have deleted the object: refuse."""
+        gone = tx.execute(
+            "DELETE FROM pending_packs WHERE name = ? AND token = ?", (obj.name, obj.token)
+        )
+        if gone.rowcount != 1:
+            raise RepositoryError(
+                f"storing pack {obj.name[:16]} took longer than the leftover grace period "
+                f"({self.grace_ns // 10**9} s) and was cleaned up; try again"
+            )
+
+    def discard_object(self, obj: PendingObject) -> None:
+        """A pending object that will not be indexed after all (GC lost a race)."""
+        with self.db.transaction() as tx:
+            tx.execute(
+                "DELETE FROM pending_packs WHERE name = ? AND token = ?", (obj.name, obj.token)
+            )
+            self._delete_unused(tx, [obj.name])
+
+    def delete_unused_objects(self, names: Iterable[str]) -> list[str]:
+        """Delete these objects unless an index row or a pending write names them (checked
+        in the same serialised transaction, so no writer can be between check and delete)."""
+        with self.db.transaction() as tx:
+            return self._delete_unused(tx, list(names))
+
+    def _delete_unused(self, tx: Tx, names: list[str]) -> list[str]:
+        doomed = [
+            n
+            for n in names
+            if tx.execute("SELECT 1 FROM packs WHERE name = ?", (n,)).fetchone() is None
+            and tx.execute("SELECT 1 FROM pending_packs WHERE name = ?", (n,)).fetchone() is None
+        ]
+        if doomed:
+            self.objects.delete(doomed)
+        return doomed
+
+    # ---- transactions and queries ----------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """The index, locked and inside one transaction (for GC, which lives in store/gc.py)."""
-        if self._lock is None:
-            raise RepositoryError("store was opened read-only")
-        with self._db_lock, self._db:
-            yield self._db
+    def transaction(self) -> Iterator[Tx]:
+        """The index, serialised with every other writer of this store (GC, quota checks)."""
+        self._check_writer()
+        with self.db.transaction() as tx:
+            yield tx
+
+    def gc_lock(self, timeout_s: float | None = None) -> contextlib.AbstractContextManager[None]:
+        """Held around a whole GC run: one at a time per store, across every node (two runs
+        repacking the same pack would do the same work twice)."""
+        return self.db.advisory_lock("gc", timeout_s=timeout_s)
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         """Read-only rows from the index (usage reports, scrub)."""
-        with self._db_lock:
-            return list(self._db.execute(sql, params).fetchall())
+        return self.db.query(sql, params)
+
+    def charge_counts(self, tx: Tx | None = None) -> tuple[int, int, int, int, int]:
+        """What a quota counts: (pack bytes, blob rows, snapshot rows, record bytes,
+        manifest rows), read in `tx` if given."""
+        sql = (
+            "SELECT (SELECT COALESCE(SUM(size), 0) FROM packs), (SELECT COUNT(*) FROM blobs), "
+            "(SELECT COUNT(*) FROM snapshots), "
+            "(SELECT COALESCE(SUM(LENGTH(record)), 0) FROM snapshots), "
+            "(SELECT COUNT(*) FROM snapshot_blobs)"
+        )
+        row = (tx.query(sql) if tx is not None else self.db.query(sql))[0]
+        a, b, c, d, e = (int(v) for v in row)
+        return a, b, c, d, e
+
+    def count_snapshots(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM snapshots").scalar())
 
     def locate(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
         ids = blob_ids if isinstance(blob_ids, (list, set, tuple)) else list(blob_ids)
         if len(ids) <= 8:  # one folder's tree, say: plain indexed lookups beat a temp table
             return self._locate_few(ids)
-        out: dict[bytes, BlobLocation] = {}
-        with self._db_lock, self._db:
+        with self.db.read_transaction() as tx:
             # A temporary table instead of a long IN (...) list keeps the SQL fully parameterised.
-            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted(blob_id BLOB PRIMARY KEY)")
-            self._db.execute("DELETE FROM temp.wanted")
-            self._db.executemany(
-                "INSERT OR IGNORE INTO temp.wanted(blob_id) VALUES(?)", ((b,) for b in blob_ids)
-            )
-            rows = self._db.execute(
-                "SELECT b.blob_id, b.type, p.name, b.offset, b.length, b.checksum "
-                "FROM temp.wanted w JOIN blobs b ON b.blob_id = w.blob_id "
+            _fill_keys(tx, "wanted", ids)
+            rows = tx.query(
+                _LOCATE + "wanted w JOIN blobs b ON b.blob_id = w.blob_id "
                 "JOIN packs p ON p.id = b.pack"
-            ).fetchall()
-            self._db.execute("DELETE FROM temp.wanted")
-        for r in rows:
-            loc = BlobLocation(bytes(r[0]), r[1], r[2], r[3], r[4], bytes(r[5]))
-            out[loc.blob_id] = loc
-        return out
+            )
+            tx.execute("DELETE FROM wanted")
+        return {loc.blob_id: loc for loc in map(_location, rows)}
 
     def _locate_few(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
         out: dict[bytes, BlobLocation] = {}
-        with self._db_lock:
-            for blob_id in blob_ids:
-                r = self._db.execute(
-                    "SELECT b.blob_id, b.type, p.name, b.offset, b.length, b.checksum "
-                    "FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.blob_id = ?",
-                    (blob_id,),
-                ).fetchone()
-                if r is not None:
-                    out[bytes(r[0])] = BlobLocation(
-                        bytes(r[0]), r[1], r[2], r[3], r[4], bytes(r[5])
-                    )
+        for blob_id in blob_ids:
+            r = self.db.execute(
+                _LOCATE + "blobs b JOIN packs p ON p.id = b.pack WHERE b.blob_id = ?", (blob_id,)
+            ).fetchone()
+            if r is not None:
+                out[bytes(r[0])] = _location(r)
         return out
+
+    # ---- reading --------------------------------------------------------------------------
 
     def read_blob(self, blob_id: bytes) -> bytes:
         for _bid, data in self.read_blobs([blob_id]):
@@ -531,102 +549,95 @@ class PackStore:
                 wanted = [b for b in wanted if b not in done]
 
     def read_locations(self, ordered: list[BlobLocation]) -> Iterator[tuple[bytes, bytes]]:
-        current: str | None = None
-        fd = -1
-        try:
-            for loc in ordered:
-                if loc.pack != current:
-                    if fd >= 0:
-                        os.close(fd)
-                        fd = -1
-                    try:
-                        fd = os.open(
-                            self.pack_path(loc.pack), os.O_RDONLY | getattr(os, "O_BINARY", 0)
-                        )
-                    except FileNotFoundError:
-                        raise PackMissing(f"pack {loc.pack[:16]} is missing") from None
-                    current = loc.pack
-                data = (
-                    os.pread(fd, loc.length, loc.offset)
-                    if hasattr(os, "pread")
-                    else _pread(fd, loc)
-                )
+        """The blobs at these locations (grouped by pack, as given), checksums verified."""
+        i = 0
+        while i < len(ordered):
+            j = i + 1
+            while j < len(ordered) and ordered[j].pack == ordered[i].pack:
+                j += 1
+            group = ordered[i:j]
+            ranges = [(loc.offset, loc.length) for loc in group]
+            datas = self.objects.read_ranges(group[0].pack, ranges)
+            for loc, data in zip(group, datas, strict=False):  # a short read is caught below
                 if len(data) != loc.length or content_checksum(data) != loc.checksum:
                     raise IntegrityError(
                         f"blob {loc.blob_id.hex()[:16]} in pack {loc.pack[:16]} is damaged"
                     )
                 yield loc.blob_id, data
-        finally:
-            if fd >= 0:
-                os.close(fd)
+            i = j
 
     def pack_path(self, name: str) -> Path:
-        return self.root / "packs" / name[:2] / name
+        """An embedded store's pack file."""
+        if not isinstance(self.objects, LocalObjects):
+            raise RepositoryError("this store's packs are not files")
+        return self.objects.path(name)
 
     def iter_index(self) -> Iterator[BlobLocation]:
-        with self._db_lock:
-            rows = self._db.execute(
-                "SELECT b.blob_id, b.type, p.name, b.offset, b.length, b.checksum "
-                "FROM blobs b JOIN packs p ON p.id = b.pack ORDER BY p.name, b.offset"
-            ).fetchall()
-        for r in rows:
-            yield BlobLocation(bytes(r[0]), r[1], r[2], r[3], r[4], bytes(r[5]))
+        rows = self.db.query(
+            _LOCATE + 'blobs b JOIN packs p ON p.id = b.pack ORDER BY p.name, b."offset"'
+        )
+        yield from map(_location, rows)
 
     def iter_verified(self) -> Iterator[tuple[bytes, bool, bytes]]:
         """Every indexed blob in storage order as (id, intact, bytes); a blob whose checksum
         fails (or whose pack is gone) is reported as not intact instead of ending the walk.
         A blob a concurrent GC moved since the walk began is read where it is now; one it
         deleted is left out (both are no damage)."""
-        for loc in self.iter_index():
-            for _attempt in range(3):
-                try:
-                    for bid, data in self.read_locations([loc]):
-                        yield bid, True, data
+        for group in _by_pack(self.iter_index()):
+            try:
+                ranges = [(loc.offset, loc.length) for loc in group]
+                datas = list(self.objects.read_ranges(group[0].pack, ranges))
+            except PackMissing:
+                for loc in group:
+                    yield from self._verify_one(loc)
+                continue
+            except (IntegrityError, OSError):
+                datas = []
+            for k, loc in enumerate(group):
+                data = datas[k] if k < len(datas) else b""
+                ok = len(data) == loc.length and content_checksum(data) == loc.checksum
+                yield loc.blob_id, ok, data if ok else b""
+
+    def _verify_one(self, loc: BlobLocation) -> Iterator[tuple[bytes, bool, bytes]]:
+        for _attempt in range(3):
+            try:
+                for bid, data in self.read_locations([loc]):
+                    yield bid, True, data
+                return
+            except PackMissing:
+                now = self._locate_few([loc.blob_id]).get(loc.blob_id)
+                if now is None:
+                    return  # deleted by GC
+                if now == loc:
                     break
-                except PackMissing:
-                    now = self._locate_few([loc.blob_id]).get(loc.blob_id)
-                    if now is None:
-                        break  # deleted by GC
-                    if now == loc:
-                        yield loc.blob_id, False, b""
-                        break
-                    loc = now
-                except (IntegrityError, OSError):
-                    yield loc.blob_id, False, b""
-                    break
-            else:
-                yield loc.blob_id, False, b""
+                loc = now
+            except (IntegrityError, OSError):
+                break
+        yield loc.blob_id, False, b""
 
     def has_pack(self, name: str) -> bool:
         """Is this pack (still) in the index? A concurrent GC may just have removed it."""
-        with self._db_lock:
-            return (
-                self._db.execute("SELECT 1 FROM packs WHERE name = ?", (name,)).fetchone()
-                is not None
-            )
+        return self.db.execute("SELECT 1 FROM packs WHERE name = ?", (name,)).fetchone() is not None
 
     def storage_problems(self) -> list[str]:
         """Packs the index lists that are missing or have the wrong size."""
         problems = []
-        for name, size in self.packs().items():
-            try:
-                actual = os.stat(self.pack_path(name)).st_size
-            except FileNotFoundError:
+        indexed = self.packs()
+        actual = self.objects.sizes(indexed)
+        for name, size in indexed.items():
+            have = actual.get(name)
+            if have is None:
                 if self.has_pack(name):  # else a concurrent GC removed it: not a problem
                     problems.append(f"pack {name[:16]} is missing")
-                continue
-            if actual != size:
-                problems.append(f"pack {name[:16]} has size {actual}, index says {size}")
+            elif have != size:
+                problems.append(f"pack {name[:16]} has size {have}, index says {size}")
         return problems
 
     def packs(self) -> dict[str, int]:
-        with self._db_lock:
-            return {r[0]: r[1] for r in self._db.execute("SELECT name, size FROM packs")}
+        return {r[0]: int(r[1]) for r in self.db.query("SELECT name, size FROM packs")}
 
     def stored_bytes(self) -> int:
-        with self._db_lock:
-            row = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM packs").fetchone()
-        return int(row[0])
+        return int(self.db.execute("SELECT COALESCE(SUM(size), 0) FROM packs").scalar())
 
     # ---- snapshots ------------------------------------------------------------------------
 
@@ -645,20 +656,22 @@ class PackStore:
 
         `manifest` is streamed into a temporary table (never held as one list), so a huge one
         costs disk pages, not memory. With `root`, the manifest must hold it and it must be a
-        stored tree: a commit cannot name a root that is not part of what it keeps alive."""
-        if self._lock is None:
-            raise RepositoryError("store was opened read-only")
-        received = time.time_ns() if received_ns is None else received_ns
-        with self._db_lock, self._db:
-            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS manifest(blob_id BLOB PRIMARY KEY)")
-            self._db.execute("DELETE FROM temp.manifest")
+        stored tree: a commit cannot name a root that is not part of what it keeps alive.
+        `received_ns` defaults to the database's clock (in scale-out mode not any node's)."""
+        self._check_writer()
+        with self.db.transaction() as tx:
             try:
-                self._check_and_insert(snap_id, time_ns, record, manifest, series, root, received)
+                received = tx.now_ns() if received_ns is None else received_ns
+                self._check_and_insert(
+                    tx, snap_id, time_ns, record, manifest, series, root, received
+                )
             finally:
-                self._db.execute("DELETE FROM temp.manifest")
+                with contextlib.suppress(DatabaseError):
+                    tx.execute("DELETE FROM manifest")
 
     def _check_and_insert(
         self,
+        tx: Tx,
         snap_id: str,
         time_ns: int,
         record: bytes,
@@ -667,20 +680,18 @@ class PackStore:
         root: bytes | None,
         received_ns: int,
     ) -> None:
-        self._db.executemany(
-            "INSERT OR IGNORE INTO temp.manifest(blob_id) VALUES(?)", ((b,) for b in manifest)
-        )
-        wanted, found = self._db.execute(
-            "SELECT (SELECT COUNT(*) FROM temp.manifest), "
-            "(SELECT COUNT(*) FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id)"
-        ).fetchone()
+        _fill_keys(tx, "manifest", manifest)
+        wanted, found = tx.query(
+            "SELECT (SELECT COUNT(*) FROM manifest), "
+            "(SELECT COUNT(*) FROM manifest m JOIN blobs b ON b.blob_id = m.blob_id)"
+        )[0]
         if found != wanted:
             raise IntegrityError(
                 f"snapshot references {wanted - found} blob(s) the repository does not have"
             )
         if root is not None:
-            row = self._db.execute(
-                "SELECT b.type FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id "
+            row = tx.execute(
+                "SELECT b.type FROM manifest m JOIN blobs b ON b.blob_id = m.blob_id "
                 "WHERE m.blob_id = ?",
                 (root,),
             ).fetchone()
@@ -688,47 +699,44 @@ class PackStore:
                 raise RootNotInManifest(
                     "the snapshot's root tree is not a stored tree in its manifest"
                 )
-        cur = self._db.execute(
+        if self.hooks is not None:
+            self.hooks.committing(tx)
+        row_id = tx.execute(
             "INSERT INTO snapshots(snap_id, time_ns, record, series, received_ns) "
             "VALUES(?, ?, ?, ?, ?) RETURNING id",
             (snap_id, time_ns, record, series, received_ns),
-        )
-        row_id = cur.fetchone()[0]
+        ).scalar()
         # Referenced again: whatever GC condemned among these is live once more.
-        self._db.execute(
+        tx.execute(
             "UPDATE blobs SET condemned_ns = NULL WHERE condemned_ns IS NOT NULL "
-            "AND blob_id IN (SELECT blob_id FROM temp.manifest)"
+            "AND blob_id IN (SELECT blob_id FROM manifest)"
         )
-        self._db.execute(
+        tx.execute(
             "INSERT INTO snapshot_blobs(snapshot, blob) "
-            "SELECT ?, b.id FROM temp.manifest m JOIN blobs b ON b.blob_id = m.blob_id",
+            "SELECT ?, b.id FROM manifest m JOIN blobs b ON b.blob_id = m.blob_id",
             (row_id,),
         )
 
     def list_snapshots(self) -> list[SnapshotRow]:
-        with self._db_lock:
-            rows = self._db.execute(
-                "SELECT snap_id, time_ns, record, series, protected, received_ns FROM snapshots "
-                "ORDER BY time_ns, snap_id"
-            ).fetchall()
+        rows = self.db.query(
+            "SELECT snap_id, time_ns, record, series, protected, received_ns FROM snapshots "
+            "ORDER BY time_ns, snap_id"
+        )
         return [SnapshotRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
 
     def set_protected(self, snap_id: str, protected: bool) -> bool:
-        if self._lock is None:
-            raise RepositoryError("store was opened read-only")
-        with self._db_lock, self._db:
-            cur = self._db.execute(
-                "UPDATE snapshots SET protected = ? WHERE snap_id = ?", (int(protected), snap_id)
-            )
-            return cur.rowcount > 0
+        self._check_writer()
+        cur = self.db.execute(
+            "UPDATE snapshots SET protected = ? WHERE snap_id = ?", (int(protected), snap_id)
+        )
+        return cur.rowcount > 0
 
     def snapshot_manifest(self, snap_id: str) -> set[bytes]:
-        with self._db_lock:
-            rows = self._db.execute(
-                "SELECT b.blob_id FROM snapshot_blobs sb JOIN snapshots s ON s.id = sb.snapshot "
-                "JOIN blobs b ON b.id = sb.blob WHERE s.snap_id = ?",
-                (snap_id,),
-            ).fetchall()
+        rows = self.db.query(
+            "SELECT b.blob_id FROM snapshot_blobs sb JOIN snapshots s ON s.id = sb.snapshot "
+            "JOIN blobs b ON b.id = sb.blob WHERE s.snap_id = ?",
+            (snap_id,),
+        )
         return {bytes(r[0]) for r in rows}
 
     def delete_snapshot(self, snap_id: str) -> bool:
@@ -737,108 +745,115 @@ class PackStore:
 
     def delete_snapshots(self, snap_ids: Iterable[str]) -> int:
         """Remove snapshots in one transaction (all or none; never a protected one)."""
-        if self._lock is None:
-            raise RepositoryError("store was opened read-only")
+        self._check_writer()
         removed = 0
-        with self._db_lock, self._db:
+        with self.db.transaction() as tx:
             for snap_id in snap_ids:
-                row = self._db.execute(
+                row = tx.execute(
                     "SELECT protected FROM snapshots WHERE snap_id = ?", (snap_id,)
                 ).fetchone()
                 if row is not None and row[0]:
                     raise RepositoryError(
                         f"snapshot {snap_id[:8]} is protected; unprotect it first"
                     )
-                cur = self._db.execute("DELETE FROM snapshots WHERE snap_id = ?", (snap_id,))
-                removed += cur.rowcount
+                removed += tx.execute(
+                    "DELETE FROM snapshots WHERE snap_id = ?", (snap_id,)
+                ).rowcount
         return removed
 
     # ---- housekeeping ---------------------------------------------------------------------
 
-    def _remove_unindexed_packs(self) -> None:
-        """Remove leftovers of a writer that died; safe because we hold the writer lock."""
-        known = set(self.packs())
-        packs_dir = self.root / "packs"
-        if not packs_dir.is_dir():
-            return
-        for sub in packs_dir.iterdir():
-            if not sub.is_dir():
-                continue
-            for entry in sub.iterdir():
-                if entry.name.endswith(".tmp") or entry.name not in known:
-                    with contextlib.suppress(OSError):
-                        entry.unlink()
+    def remove_leftovers(self) -> int:
+        """Delete what dead writers left: unfinished writes and objects no index row names,
+        unless a pending row younger than the grace period (database clock) says a writer is
+        still at it. Returns how many objects went. One node at a time per store."""
+        self._check_writer()
+        with self.db.try_advisory_lock("leftovers") as mine:
+            if not mine:
+                return 0
+            # List first, decide after: an object listed here that the index does not name
+            # was registered as pending before it was written, so the decision sees that row.
+            names = list(self.objects.names())
+            partials = self.objects.partials()
+            with self.db.transaction() as tx:
+                cutoff = tx.now_ns() - self.grace_ns
+                tx.execute("DELETE FROM pending_packs WHERE started_ns < ?", (cutoff,))
+                pending = {r[0] for r in tx.query("SELECT name FROM pending_packs")}
+                indexed = {r[0] for r in tx.query("SELECT name FROM packs")}
+                doomed = [n for n in names if n not in indexed and n not in pending]
+                if doomed:
+                    self.objects.delete(doomed)
+                stale = [n for n in partials if n not in pending]
+                if stale:
+                    self.objects.remove_partials(stale)
+            if self._lock is not None and isinstance(self.objects, LocalObjects):
+                # The embedded writer is alone: anything else in packs/ is junk too.
+                self.objects.remove_strays(indexed)
+        return len(doomed)
+
+    def _check_writer(self) -> None:
+        if not self._writer:
+            raise RepositoryError("store was opened read-only")
 
     def close(self) -> None:
         try:
             # Blobs still buffered are written too: after an interrupted backup (client gone)
             # everything that reached us is kept, so the next run need not send it again.
-            if self._lock is not None and (
-                self._writer_thread is not None or self._current.entries
-            ):
+            if self._writer and (self._writer_thread is not None or self._current.entries):
                 self.flush()
         finally:
-            with self._db_lock:
-                self._db.close()
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            self._release()
+
+    def _release(self) -> None:
+        self.db.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-    db.isolation_level = "DEFERRED"
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")  # a committed index row survives power loss
-    db.execute("PRAGMA foreign_keys=ON")
-    return db
+def _location(r: tuple[Any, ...]) -> BlobLocation:
+    return BlobLocation(bytes(r[0]), int(r[1]), str(r[2]), int(r[3]), int(r[4]), bytes(r[5]))
 
 
-_INIT_PREFIX = "index.sqlite.init-"
+def _by_pack(locs: Iterable[BlobLocation]) -> Iterator[list[BlobLocation]]:
+    group: list[BlobLocation] = []
+    for loc in locs:
+        if group and loc.pack != group[0].pack:
+            yield group
+            group = []
+        group.append(loc)
+    if group:
+        yield group
 
 
-def _only_init_leftovers(root: Path) -> bool:
-    """True if `root` holds nothing but what a killed `create` can leave behind."""
-    for entry in root.iterdir():
-        if entry.name.startswith(_INIT_PREFIX) or entry.name == "lock":
-            continue
-        if entry.name == "packs" and entry.is_dir() and not any(entry.iterdir()):
-            continue
-        return False
-    return True
+def _pack_rows(tx: Tx, pack_id: int) -> tuple[int, int]:
+    row = tx.query(
+        "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM blobs WHERE pack = ?", (pack_id,)
+    )
+    return int(row[0][0]), int(row[0][1])
 
 
-def _link_new(src: Path, dest: Path) -> None:
-    """Give `src` the name `dest` atomically, failing if `dest` exists (two concurrent creates)."""
-    try:
-        os.link(src, dest)
-    except FileExistsError:
-        raise RepositoryError(f"a repository already exists at {dest.parent}") from None
-    except OSError:  # a filesystem without hard links: a plain rename, checked first
-        if dest.exists():
-            raise RepositoryError(f"a repository already exists at {dest.parent}") from None
-        os.replace(src, dest)
+_BATCH = 5000
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows needs write access
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _mkdir(path: Path, *, parents: bool = False) -> bool:
-    """Create a folder; True if this call created it (its parent then needs an fsync)."""
-    try:
-        path.mkdir(parents=parents)
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-        return False
-    return True
-
-
-def _pread(fd: int, loc: BlobLocation) -> bytes:  # pragma: no cover - Windows fallback
-    os.lseek(fd, loc.offset, os.SEEK_SET)
-    return os.read(fd, loc.length)
+def _fill_keys(tx: Tx, table: str, keys: Iterable[bytes]) -> None:
+    """An empty TEMP table `table(blob_id)` filled with these keys (duplicates collapse).
+    PostgreSQL takes them as arrays, thousands per statement; SQLite row by row (in-process,
+    that is as fast)."""
+    tx.execute(translate_ddl(_KEYS_DDL.format(name=table), tx.dialect))
+    tx.execute(f"DELETE FROM {table}")  # noqa: S608 - a constant name
+    if tx.dialect == "sqlite":
+        tx.executemany(
+            f"INSERT INTO {table}(blob_id) VALUES(?) ON CONFLICT DO NOTHING",
+            ((k,) for k in keys),
+        )
+        return
+    batch: list[bytes] = []
+    insert = f"INSERT INTO {table}(blob_id) SELECT unnest(?::bytea[]) ON CONFLICT DO NOTHING"
+    for key in keys:
+        batch.append(key)
+        if len(batch) >= _BATCH:
+            tx.execute(insert, (batch,))
+            batch = []
+    if batch:
+        tx.execute(insert, (batch,))

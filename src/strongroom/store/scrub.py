@@ -1,8 +1,8 @@
 """Scrub: verify every stored byte against its checksums, without any key.
 
-Each pack is named by the BLAKE3 hash of its contents and each blob's index row holds a
-checksum of its stored bytes, so bit rot, truncation and tampering are found by reading the
-packs alone. Damaged blobs are mapped to the snapshots that reference them (via the manifests).
+Each pack object (a local file or an S3 object) is named by the BLAKE3 hash of its contents
+and each blob's index row holds a checksum of its stored bytes, so bit rot, truncation and
+tampering are found by reading the packs alone. Damaged blobs are mapped to the snapshots that reference them (via the manifests).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import blake3
 
 from ..crypto import content_checksum
+from .objects import PackMissing
 from .packstore import PackStore
 
 
@@ -51,9 +52,8 @@ def scrub(store: PackStore) -> ScrubReport:
         blobs = by_pack.get(name, [])
         report.blobs += len(blobs)
         try:
-            with open(store.pack_path(name), "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
+            data = store.objects.read_all(name)
+        except PackMissing:
             if not store.has_pack(name):
                 continue  # a concurrent GC removed it after the list was made
             report.problems.append(f"pack {name[:16]} is missing")
@@ -75,9 +75,8 @@ def scrub(store: PackStore) -> ScrubReport:
 
 
 def affected_snapshots(store: PackStore, blob_ids: set[bytes]) -> list[str]:
-    wanted = {b.hex() for b in blob_ids}
     rows = store.query(
-        "SELECT DISTINCT s.snap_id, hex(b.blob_id) FROM snapshot_blobs sb "
+        "SELECT DISTINCT s.snap_id, b.blob_id FROM snapshot_blobs sb "
         "JOIN snapshots s ON s.id = sb.snapshot JOIN blobs b ON b.id = sb.blob"
     )
-    return sorted({str(r[0]) for r in rows if str(r[1]).lower() in wanted})
+    return sorted({str(r[0]) for r in rows if bytes(r[1]) in blob_ids})
