@@ -13,12 +13,12 @@ import errno
 import functools
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..blobs import BlobType
+from ..db import ConstraintError
 from ..errors import IntegrityError, RepositoryError, StrongroomError
 from ..keys import KeyFile
 from ..names import fold_name
@@ -538,7 +538,7 @@ class Session:
                         max_snapshots=self.ctx.config.max_snapshots,
                     )
                 )
-            except sqlite3.IntegrityError:  # the one constraint a commit can break: a taken ID
+            except ConstraintError:  # the one constraint a commit can break: a taken ID
                 raise _BadRequest(f"snapshot {msg.snap_id[:8]} already exists") from None
             except RootNotInManifest as exc:
                 raise _BadRequest(str(exc)) from None
