@@ -112,7 +112,7 @@ class PackStore:
 
     root: Path | None
 
-    def __init__(self, root: Path, *, writer: bool = False) -> None:
+    def __init__(self, root: Path, *, writer: bool = False, trailers: bool = False) -> None:
         index = root / "index.sqlite"
         if not index.is_file():
             raise RepositoryError(f"no strongroom repository at {root} (run 'strongroom init')")
@@ -130,7 +130,8 @@ class PackStore:
             db.close()
             raise
         self.root = root
-        self._setup(db, LocalObjects(root / "packs", PACK_TARGET_SIZE), str(root), writer, lock)
+        objects = LocalObjects(root / "packs", PACK_TARGET_SIZE)
+        self._setup(db, objects, str(root), writer, lock, trailers=trailers)
 
     @classmethod
     def attach(

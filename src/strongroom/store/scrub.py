@@ -2,7 +2,8 @@
 
 Each pack object (a local file or an S3 object) is named by the BLAKE3 hash of its contents
 and each blob's index row holds a checksum of its stored bytes, so bit rot, truncation and
-tampering are found by reading the packs alone. Damaged blobs are mapped to the snapshots that reference them (via the manifests).
+tampering are found by reading the packs alone. Damaged blobs are mapped to the snapshots
+that reference them (via the manifests).
 """
 
 from __future__ import annotations
