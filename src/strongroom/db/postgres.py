@@ -99,9 +99,7 @@ class PgPool:
                 if current != schema:
                     with _mapped():
                         conn.execute(
-                            sql.SQL("SET search_path TO {}, public").format(
-                                sql.Identifier(schema)
-                            )
+                            sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema))
                         )
                     with self._paths_lock:
                         self._paths[conn] = schema

@@ -204,10 +204,10 @@ class LocalObjects(ObjectStore):
                 (self.root / name[:2] / (check_name(name) + ".tmp")).unlink()
 
     def remove_strays(self, known: set[str]) -> None:
-        """Remove every file but `known` packs (the embedded writer's open, under its lock):
-        also files whose names are not pack names at all."""
+        """Remove every file but `known` packs and their writes in progress (the embedded
+        writer, alone under its lock): also files whose names are not pack names at all."""
         for entry in self._entries():
-            if entry.name.endswith(".tmp") or entry.name not in known:
+            if entry.name not in known and entry.name.removesuffix(".tmp") not in known:
                 with contextlib.suppress(OSError):
                     entry.unlink()
 

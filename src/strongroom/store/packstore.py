@@ -789,7 +789,7 @@ class PackStore:
                     self.objects.remove_partials(stale)
             if self._lock is not None and isinstance(self.objects, LocalObjects):
                 # The embedded writer is alone: anything else in packs/ is junk too.
-                self.objects.remove_strays(indexed)
+                self.objects.remove_strays(indexed | pending)
         return len(doomed)
 
     def _check_writer(self) -> None:
