@@ -131,6 +131,12 @@ def child_main() -> int:
         time.sleep(600)
 
     store.objects.put = put  # type: ignore[method-assign]
+    if "copy_from" in spec:  # the storage half of `strongroom-admin migrate`
+        from strongroom.store.copy import copy_store
+
+        copy_store(PackStore(Path(spec["copy_from"])), store)
+        print("copied", flush=True)
+        return 0
     for hexid, size in spec["blobs"]:
         store.add_blob(bytes.fromhex(hexid), 0, os.urandom(size))
     store.flush()

@@ -364,25 +364,7 @@ class PackStore:
 
     def _write_pack(self, pack: _PendingPack) -> None:
         obj = self.write_object(pack.parts, pack.entries)
-        with self.db.transaction() as tx:
-            self.claim_pending(tx, obj)
-            pack_id = tx.execute(
-                "INSERT INTO packs(name, size, created_ns) VALUES(?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET size=excluded.size RETURNING id",
-                (obj.name, obj.size, tx.now_ns()),
-            ).scalar()
-            before = _pack_rows(tx, pack_id) if self.hooks is not None else (0, 0)
-            tx.executemany(
-                'INSERT INTO blobs(blob_id, type, pack, "offset", length, checksum) '
-                "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [
-                    (e.blob_id, e.type, pack_id, e.offset, e.length, e.checksum)
-                    for e in pack.entries
-                ],
-            )
-            if self.hooks is not None:
-                after = _pack_rows(tx, pack_id)
-                self.hooks.indexed(tx, after[0] - before[0], after[1] - before[1])
+        self.index_object(obj, pack.entries)
         # Indexed now: no longer pending. Kept in the set, a blob GC deletes later could never
         # be stored again by this (long-lived, on a server) store: add_blob would skip it.
         with self._buf_lock:
@@ -422,6 +404,25 @@ class PackStore:
                 )
             raise
         return PendingObject(name, sum(len(p) for p in parts), token)
+
+    def index_object(self, obj: PendingObject, entries: list[trailer.TrailerEntry]) -> None:
+        """Index a pending object's blobs (those the index lacks) in one transaction."""
+        with self.db.transaction() as tx:
+            self.claim_pending(tx, obj)
+            pack_id = tx.execute(
+                "INSERT INTO packs(name, size, created_ns) VALUES(?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET size=excluded.size RETURNING id",
+                (obj.name, obj.size, tx.now_ns()),
+            ).scalar()
+            before = _pack_rows(tx, pack_id) if self.hooks is not None else (0, 0)
+            tx.executemany(
+                'INSERT INTO blobs(blob_id, type, pack, "offset", length, checksum) '
+                "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(e.blob_id, e.type, pack_id, e.offset, e.length, e.checksum) for e in entries],
+            )
+            if self.hooks is not None:
+                after = _pack_rows(tx, pack_id)
+                self.hooks.indexed(tx, after[0] - before[0], after[1] - before[1])
 
     def claim_pending(self, tx: Tx, obj: PendingObject) -> None:
         """Inside the transaction that indexes `obj`: end its pending state. If it is gone,
