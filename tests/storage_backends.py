@@ -106,6 +106,19 @@ def child_main() -> int:
     spec = json.load(sys.stdin)
     stop_at = spec["stop_at"]  # "put-done" (object durable, not indexed) or "put-started"
     store = open_store(spec, writer=True, **spec.get("open", {}))
+    if "gc" in spec:  # a GC killed at one of its steps (store/gc.py's `step` names)
+        from strongroom.store.gc import collect_garbage
+
+        def step(name: str) -> None:
+            if name == stop_at:
+                print(name, flush=True)
+                time.sleep(600)
+
+        with store.gc_lock():
+            collect_garbage(store, horizon_ns=0)
+            collect_garbage(store, repack_threshold=0.1, step=step)
+        print("done", flush=True)
+        return 0
     real_put = store.objects.put
 
     def put(name: str, parts: Any) -> None:

@@ -224,12 +224,11 @@ def test_gc_while_another_writer_backs_up(backend: Backend) -> None:
     assert scrub(gc).ok
 
 
-def _child(
-    backend: Backend, stop_at: str, blobs: list[tuple[bytes, int]], **open_kw: object
-) -> None:
-    """Run a writer in another process and SIGKILL it at `stop_at`."""
+def _child(backend: Backend, stop_at: str, blobs: list[tuple[bytes, int]], **extra: object) -> None:
+    """Run a writer in another process and SIGKILL it at `stop_at` (tests/storage_backends.py
+    says what `extra` may ask for)."""
     spec = {**backend.spec, "stop_at": stop_at, "blobs": [(b.hex(), n) for b, n in blobs]}
-    spec["open"] = open_kw
+    spec.update(extra)
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "storage_backends.py"), "child"],
         stdin=subprocess.PIPE,
@@ -284,6 +283,37 @@ def test_writer_killed_between_object_and_index(backend: Backend, stop_at: str) 
     store.commit_snapshot("after", 2, b"r", [b for b, _d in first + again])
     assert dict(store.read_blobs([b for b, _d in again])) == dict(again)
     assert scrub(store).ok
+
+
+@pytest.mark.parametrize("stop_at", ["new-pack-written", "switched", "dropped"])
+def test_gc_killed_at_each_step(backend: Backend, stop_at: str) -> None:
+    """SIGKILL a GC after it wrote a repacked pack (not switched in), after the switch (old
+    pack not deleted yet) and after dropping a pack's rows: the index is consistent, every
+    kept blob reads back, and the next GC and cleanup finish the job."""
+    store = new_store(backend)
+    keep = [blob(40 * KiB) for _ in range(6)]
+    gone = [blob(40 * KiB) for _ in range(6)]
+    put(store, keep[:3] + gone[:3])  # a pack to repack
+    put(store, gone[3:])  # a pack to drop
+    put(store, keep[3:])
+    store.commit_snapshot("keep", 1, b"r", [b for b, _d in keep])
+    store.commit_snapshot("gone", 2, b"r", [b for b, _d in gone])
+    store.delete_snapshot("gone")
+    store.close()
+
+    _child(backend, stop_at, [], gc=True)
+
+    store = backend.open()
+    store.grace_ns = 0  # the killed GC's write is dead
+    store.remove_leftovers()
+    assert dict(store.read_blobs([b for b, _d in keep])) == dict(keep)
+    assert scrub(store).ok and store.storage_problems() == []
+    with store.gc_lock():
+        collect_garbage(store, horizon_ns=0)
+        collect_garbage(store, repack_threshold=0.1)
+    assert store.all_blob_ids() == {b for b, _d in keep}
+    assert set(store.objects.names()) == set(store.packs())
+    assert dict(store.read_blobs([b for b, _d in keep])) == dict(keep) and scrub(store).ok
 
 
 def test_leftover_cleanup_spares_writes_in_progress(backend: Backend) -> None:
