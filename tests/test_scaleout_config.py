@@ -88,13 +88,14 @@ def test_blobs_url_and_credentials_file(tmp_path: Path, monkeypatch: pytest.Monk
     creds = tmp_path / "s3creds"
     creds.write_text("[default]\naws_access_key_id = AKIA1\naws_secret_access_key = sk-abcdef\n")
     creds.chmod(0o600)
-    spec = blobs_spec("s3://my-bucket/pre/fix?endpoint=https://s3.example:7480&region=eu", creds)
-    assert (spec.bucket, spec.prefix, spec.endpoint, spec.region) == (
+    spec = blobs_spec("s3://my-bucket?endpoint=https://s3.example:7480&region=eu", creds)
+    assert (spec.bucket, spec.endpoint, spec.region) == (
         "my-bucket",
-        "pre/fix",
         "https://s3.example:7480",
         "eu",
     )
+    with pytest.raises(UsageError, match="bucket only"):
+        blobs_spec("s3://my-bucket/pre/fix", creds)
     assert (spec.access_key, spec.secret_key) == ("AKIA1", "sk-abcdef")
     assert "sk-abcdef" not in redact("the key sk-abcdef")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENV")

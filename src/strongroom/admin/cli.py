@@ -79,7 +79,7 @@ def user_add(
     kdf = default_kdf()
     password = read_new_password(name, password_stdin)
     new = add_user(
-        admin.datadir,
+        admin.storage,
         admin.db,
         name,
         password,
@@ -118,7 +118,7 @@ def user_delete(admin: Admin, name: str, yes: bool, purge_data: bool) -> None:
         what = " and all their stored backups" if purge_data else ""
         if not menu.confirm(f"delete user {target.name}{what}?"):
             raise StrongroomError("nothing deleted")
-    click.echo(menu.delete_user(admin.datadir, admin.db, target.name, purge=purge_data))
+    click.echo(menu.delete_user(admin, target.name, purge=purge_data))
 
 
 @user.command("passwd")
@@ -251,8 +251,13 @@ def user_set(
 @pass_admin
 def fingerprint(admin: Admin, cert: Path | None) -> None:
     """Print the SHA-256 fingerprint of the server's certificate, for clients to check."""
-    from ..server.tls import certificate_fingerprint, ensure_certificate
+    from ..server.tls import certificate_fingerprint, ensure_certificate, pem_fingerprint
 
+    if cert is None and admin.backend.kind == "scaleout":
+        from ..server.identity import shared_identity
+
+        click.echo(pem_fingerprint(shared_identity(admin.backend.db)["tls_cert"]))
+        return
     if cert is None:
         ensure_certificate(admin.datadir)
         cert = admin.datadir.cert_path
@@ -264,12 +269,10 @@ def fingerprint(admin: Admin, cert: Path | None) -> None:
 def purge(admin: Admin) -> None:
     """Remove the stored backups of users deleted with --purge-data that are still on disk
     (a purge a crash or a busy server interrupted)."""
-    from ..server.control import storage_in_use
     from ..server.purge import finish_purges
 
-    root = admin.datadir.root
     pending = admin.db.pending_purges()
-    done = finish_purges(admin.datadir, admin.db, lambda sid: storage_in_use(root, sid))
+    done = finish_purges(admin.storage, admin.db, admin.storage_in_use)
     left = len(pending) - len(done)
     click.echo(
         f"removed the storage of {len(done)} deleted user(s)"
@@ -313,7 +316,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 # gc, usage, scrub and policy, and console-admin, live in their own modules; importing them
 # registers them on `cli`.
-from . import console, lifecycle  # noqa: E402, F401
+from . import console, lifecycle, scaleout_cmds  # noqa: E402, F401
 
 
 def main() -> None:

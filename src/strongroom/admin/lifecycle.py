@@ -21,7 +21,7 @@ from ..server.policy import policy_for
 from ..server.stores import UserStore, metadata_charge
 from ..server.userdb import User
 from ..store import PackStore
-from ..store.gc import collect_garbage, unreferenced
+from ..store.gc import unreferenced
 from ..store.scrub import scrub as scrub_store
 from .app import Admin, cli, pass_admin
 
@@ -31,10 +31,9 @@ def _users(admin: Admin, name: str | None) -> list[User]:
 
 
 def _open_store(admin: Admin, user: User, *, writer: bool) -> PackStore | None:
-    path = admin.datadir.storage_path(user.storage_id)
-    if not (path / "index.sqlite").is_file():
+    if not admin.storage.exists(user.storage_id):
         return None  # nothing stored yet
-    return PackStore(path, writer=writer)
+    return admin.storage.open(user.storage_id, writer=writer)
 
 
 @cli.command()
@@ -67,17 +66,19 @@ def _collect(admin: Admin, name: str | None, op: str, dry_run: bool) -> dict[str
                 raise StrongroomError(f"server: {answer.get('error', op + ' failed')}")
             results[user.name] = answer
             continue
-        path = admin.datadir.storage_path(user.storage_id)
-        if not (path / "index.sqlite").is_file():
+        # No server answers here. Embedded: the store's writer lock keeps backups out.
+        # Scale-out: the sessions table holds back what running backups on any node may use.
+        packs = _open_store(admin, user, writer=True)
+        if packs is None:
             continue
-        store = UserStore(path)  # no server running: the writer lock keeps backups out
+        store = UserStore(packs, user.storage_id, admin.backend.sessions)
         try:
             policy = policy_for(admin.db, user) if op == "forget" else None
             removed = retain(store, user, policy, dry_run)
             results[user.name] = {
                 "ok": True,
                 "removed": removed,
-                "report": collect_garbage(store.store, dry_run=dry_run).to_json(),
+                "report": store.gc(dry_run=dry_run).to_json(),
             }
         finally:
             store.close()

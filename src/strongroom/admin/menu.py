@@ -5,36 +5,39 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..cli import format as fmt
 from ..errors import StrongroomError, UsageError
 from ..server.accounts import add_user
 from ..server.config import default_kdf
-from ..server.control import end_sessions_now, storage_in_use
-from ..server.datadir import DataDir
+from ..server.control import end_sessions_now
 from ..server.purge import finish_purges
 from ..server.userdb import (
     User,
-    UserDB,
     format_window,
     parse_quota,
     validate_directory,
     validate_username,
 )
 
+if TYPE_CHECKING:
+    from .app import Admin
+
 T = TypeVar("T")
 
 MENU = "1) add user  2) delete user  3) show users  4) exit"
 
 
-def run_menu(datadir: DataDir, db: UserDB) -> None:
+def run_menu(admin: Admin) -> None:
     """Loop until 4 (or end of input). Errors are shown and the menu carries on."""
-    print(f"strongroom-admin: data folder {datadir.root}")
-    actions: dict[str, Callable[[DataDir, UserDB], None]] = {
+    backend = admin.backend
+    where = backend.describe if backend.kind == "scaleout" else f"data folder {admin.datadir.root}"
+    print(f"strongroom-admin: {where}")
+    actions: dict[str, Callable[[Admin], None]] = {
         "1": _add,
         "2": _delete,
-        "3": lambda _d, db: show_users(db.list()),
+        "3": lambda a: show_users(a.db.list()),
     }
     while True:
         print()
@@ -51,7 +54,7 @@ def run_menu(datadir: DataDir, db: UserDB) -> None:
             print(f"unknown choice {choice[:20]!r}: type 1, 2, 3 or 4")
             continue
         try:
-            action(datadir, db)
+            action(admin)
         except EOFError:
             print()
             return
@@ -62,7 +65,9 @@ def run_menu(datadir: DataDir, db: UserDB) -> None:
             print(f"error: {exc.strerror or exc}{where}")
 
 
-def _add(datadir: DataDir, db: UserDB) -> None:
+def _add(admin: Admin) -> None:
+    db = admin.db
+
     def new_name(text: str) -> str:
         validate_username(text)
         if db.get(text) is not None:
@@ -80,7 +85,7 @@ def _add(datadir: DataDir, db: UserDB) -> None:
     quota = _ask("quota (e.g. 50G, Enter for none): ", parse_quota, empty=None)
     append_only = confirm("append-only?")
     user = add_user(
-        datadir,
+        admin.storage,
         db,
         name,
         password,
@@ -92,12 +97,12 @@ def _add(datadir: DataDir, db: UserDB) -> None:
     print(added_message(user))
 
 
-def _delete(datadir: DataDir, db: UserDB) -> None:
+def _delete(admin: Admin) -> None:
     name = input("user to delete (Enter to cancel): ").strip()
     if not name:
         print("cancelled")
         return
-    user = db.get(name)
+    user = admin.db.get(name)
     if user is None:
         print(f"no user {name}")
         return
@@ -105,7 +110,7 @@ def _delete(datadir: DataDir, db: UserDB) -> None:
         print("cancelled")
         return
     purge = confirm(f"also delete {user.name}'s stored backups for good?")
-    print(delete_user(datadir, db, user.name, purge=purge))
+    print(delete_user(admin, user.name, purge=purge))
 
 
 def _directory(text: str) -> str:
@@ -149,9 +154,9 @@ def confirm(question: str) -> bool:
 # ---- shared with admin/cli.py -----------------------------------------------------------
 
 
-def delete_user(datadir: DataDir, db: UserDB, name: str, *, purge: bool) -> str:
+def delete_user(admin: Admin, name: str, *, purge: bool) -> str:
     """Delete the user's row (and with `purge`, their storage); returns what to tell the admin."""
-
+    datadir, db = admin.datadir, admin.db
     user = db.delete(name, purge=purge)
     if user is None:
         raise UsageError(f"no user {name}")
@@ -160,12 +165,17 @@ def delete_user(datadir: DataDir, db: UserDB, name: str, *, purge: bool) -> str:
     released = end_sessions_now(
         datadir.root, user.id, "this account was deleted", storage_id=user.storage_id
     )
-    path = datadir.storage_path(user.storage_id)
     if not purge:
-        if path.exists():
+        if admin.backend.kind == "embedded" and admin.storage.exists(user.storage_id):
+            path = datadir.storage_path(user.storage_id)
             return (
                 f"user {user.name} deleted; their stored backups remain in {path} "
                 "(delete that folder to free the space)"
+            )
+        if admin.storage.exists(user.storage_id):
+            return (
+                f"user {user.name} deleted; their stored backups remain (storage "
+                f"{user.storage_id}); delete with --purge-data to free the space"
             )
         return f"user {user.name} deleted"
     if released is False:
@@ -175,7 +185,11 @@ def delete_user(datadir: DataDir, db: UserDB, name: str, *, purge: bool) -> str:
             f"user {user.name} deleted; their stored backups will be removed once the server "
             "lets go of them (at its next start, or with 'strongroom-admin purge')"
         )
-    finish_purges(datadir, db, lambda sid: storage_in_use(datadir.root, sid))
+    if user.storage_id not in finish_purges(admin.storage, db, admin.storage_in_use):
+        return (
+            f"user {user.name} deleted; their stored backups will be removed once no server "
+            "holds them (at a server's next start, or with 'strongroom-admin purge')"
+        )
     return f"user {user.name} deleted, with their stored backups"
 
 

@@ -12,9 +12,7 @@ import os
 
 from .. import crypto, keys
 from ..crypto import KdfParams
-from ..errors import RepositoryError
-from ..store import PackStore
-from .datadir import DataDir
+from .backend import Storage
 from .schema import DEFAULT_PROTECT_WINDOW_S
 from .userdb import User, UserDB
 
@@ -26,20 +24,8 @@ def login_material(password: bytes, kdf: KdfParams) -> tuple[bytes, bytes]:
     return salt, keys.auth_hash(pk.auth_key)
 
 
-def create_storage(datadir: DataDir, user: User) -> None:
-    """Create the user's (empty) pack store unless it exists; safe against a racing creator."""
-    path = datadir.storage_path(user.storage_id)
-    if (path / "index.sqlite").is_file():
-        return
-    try:
-        PackStore.create(path, meta={"repo_id": user.storage_id.encode()}).close()
-    except RepositoryError:
-        if not (path / "index.sqlite").is_file():
-            raise
-
-
 def add_user(
-    datadir: DataDir,
+    storage: Storage,
     db: UserDB,
     name: str,
     password: bytes,
@@ -63,7 +49,7 @@ def add_user(
         protect_window_s=protect_window_s,
     )
     try:
-        create_storage(datadir, user)
+        storage.create(user.storage_id)
     except BaseException:
         with contextlib.suppress(Exception):
             db.delete(user.name)

@@ -14,6 +14,7 @@ Webhook payload (one POST per notice, `Content-Type: application/json`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import smtplib
 import socket
@@ -113,16 +114,35 @@ class AlertLoop:
         self.cfg = ctx.config
         # ((user ID, kind), event, channel) -> the notice that channel could not take yet
         self.retry: dict[tuple[tuple[int, str], str, str], Notice] = {}
+        self._leadership: contextlib.AbstractContextManager[bool] | None = None
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug here must not end the checks, nor the server
-                log.exception("alert check failed")
-            await asyncio.sleep(self.cfg.alert_check_interval)
+        try:
+            while True:
+                try:
+                    if await self._lead():
+                        await self.check()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug here must not end the checks, nor the server
+                    log.exception("alert check failed")
+                await asyncio.sleep(self.cfg.alert_check_interval)
+        finally:
+            if self._leadership is not None:
+                with contextlib.suppress(Exception):
+                    self._leadership.__exit__(None, None, None)
+
+    async def _lead(self) -> bool:
+        """Scale-out: one node sends the alerts, the one holding a PostgreSQL advisory lock
+        (released by PostgreSQL if that node dies; another one takes over at its next check)."""
+        if self.ctx.backend.kind != "scaleout" or self._leadership is not None:
+            return True
+        held = self.ctx.backend.db.try_advisory_lock("alert-leader")
+        if await asyncio.to_thread(held.__enter__):
+            self._leadership = held
+            return True
+        await asyncio.to_thread(held.__exit__, None, None, None)
+        return False
 
     async def check(self) -> None:
         wanted, users = await asyncio.to_thread(self._evaluate)
@@ -161,7 +181,7 @@ class AlertLoop:
 
     def _evaluate(self) -> tuple[dict[tuple[int, str], str], dict[int, tuple[str, str | None]]]:
         statuses = all_statuses(
-            self.ctx.userdb, self.ctx.datadir.storage_root, self.cfg.expected_interval
+            self.ctx.userdb, self.ctx.backend.storage, self.cfg.expected_interval
         )
         record_daily_usage(self.ctx.ops, statuses)
         wanted = conditions(statuses)

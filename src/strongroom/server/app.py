@@ -12,20 +12,24 @@ import time
 from dataclasses import dataclass, field
 
 from .. import __version__
+from ..errors import StrongroomError
 from ..protocol import messages as m
 from ..protocol.framing import encode_frame
 from ..retention import Policy
 from .alerts import AlertLoop
+from .backend import Backend
 from .config import ServerConfig
 from .control import serve_control
 from .datadir import DataDir
 from .limits import CommitRate, ConnectionLimits, Slot
 from .metrics import Metrics
+from .nodes import SharedCommitRate, SharedSessions
 from .operations import record_run
 from .opsdb import OpsDB
 from .overview import all_statuses
 from .policy import policy_for
 from .session import Session
+from .shared_throttle import SharedThrottle
 from .stores import StoreRegistry
 from .throttle import FailureThrottle, address_group
 from .userdb import User, UserDB
@@ -42,12 +46,11 @@ REFUSAL_TIMEOUT = 5.0
 @dataclass
 class ServerContext:
     config: ServerConfig
-    datadir: DataDir
-    userdb: UserDB
+    backend: Backend
     secret: bytes
-    stores: StoreRegistry
-    ops: OpsDB
-    throttle: FailureThrottle = field(init=False)
+    node_id: str = ""  # scale-out: this node's row in the nodes and sessions tables
+    stores: StoreRegistry = field(init=False)
+    throttle: FailureThrottle | SharedThrottle = field(init=False)
     version: str = __version__
     connections: set[asyncio.Task[None]] = field(default_factory=set)
     # Logged-in sessions by user ID, so an account change can end them at once.
@@ -55,7 +58,7 @@ class ServerContext:
     staged: dict[int, int] = field(default_factory=dict)  # user ID -> manifest bytes on disk
     metrics: Metrics = field(default_factory=Metrics)
     limits: ConnectionLimits = field(init=False)
-    commits: CommitRate = field(init=False)
+    commits: CommitRate | SharedCommitRate = field(init=False)
     refusing: int = 0
     console_sessions: Sessions | None = None  # the web console's, when it runs
 
@@ -64,13 +67,38 @@ class ServerContext:
         self.limits = ConnectionLimits(
             cfg.max_connections, cfg.max_unauthenticated_per_address, cfg.max_connections_per_user
         )
-        self.commits = CommitRate(cfg.max_commits_per_hour)
-        self.throttle = FailureThrottle(
-            free_attempts=cfg.login_free_attempts,
-            max_delay=cfg.login_max_delay,
-            lockout_after=cfg.login_lockout_after,
-            lockout_base=cfg.login_lockout,
-        )
+        backend = self.backend
+        self.stores = StoreRegistry(backend.storage, backend.sessions, self.node_id)
+        self.throttle = self.make_throttle()
+        if backend.kind == "scaleout":
+            self.commits = SharedCommitRate(backend.db, cfg.max_commits_per_hour)
+        else:
+            self.commits = CommitRate(cfg.max_commits_per_hour)
+
+    @property
+    def datadir(self) -> DataDir:
+        return self.backend.datadir
+
+    @property
+    def userdb(self) -> UserDB:
+        return self.backend.userdb
+
+    @property
+    def ops(self) -> OpsDB:
+        return self.backend.ops
+
+    def make_throttle(self, prefix: str = "") -> FailureThrottle | SharedThrottle:
+        """Login throttling: in memory on one node, in PostgreSQL across nodes."""
+        cfg = self.config
+        rules = {
+            "free_attempts": cfg.login_free_attempts,
+            "max_delay": cfg.login_max_delay,
+            "lockout_after": cfg.login_lockout_after,
+            "lockout_base": cfg.login_lockout,
+        }
+        if self.backend.kind == "scaleout":
+            return SharedThrottle(self.backend.db, prefix=prefix, **rules)
+        return FailureThrottle(**rules)
 
     def policy_for(self, user: User) -> Policy | None:
         return policy_for(self.userdb, user)
@@ -147,21 +175,24 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
     for addr in web_addresses:
         log.info("console on https://%s:%d/", *addr)
     ctx.metrics.watch_accounts(
-        lambda: all_statuses(ctx.userdb, ctx.datadir.storage_root, ctx.config.expected_interval),
+        lambda: all_statuses(ctx.userdb, ctx.backend.storage, ctx.config.expected_interval),
         ctx.datadir.root,
     )
     if callable(on_listening):
         on_listening(addresses, web_addresses)
     control = await serve_control(ctx)
-    watcher = asyncio.create_task(AlertLoop(ctx).run())
+    watchers = [asyncio.create_task(AlertLoop(ctx).run())]
+    if ctx.backend.cluster is not None:
+        watchers.append(asyncio.create_task(heartbeat(ctx, ctx.backend.cluster)))
     async with server:
         await stop.wait()
         if control is not None:
             control.close()
         log.info("shutting down")
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for watcher in watchers:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if console is not None:
             await console[0].cleanup()
         server.close()
@@ -170,8 +201,34 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
         if ctx.connections:
             await asyncio.wait(list(ctx.connections), timeout=10)
     ctx.stores.close_all()
-    ctx.ops.close()
-    ctx.userdb.close()
+    if ctx.backend.cluster is not None:
+        await asyncio.to_thread(ctx.backend.cluster.stop)
+
+
+async def heartbeat(ctx: ServerContext, cluster: SharedSessions) -> None:
+    """Scale-out: keep this node's sessions alive in PostgreSQL and sweep what dead nodes
+    left. A node that was presumed dead (it could not beat in time) ends its sessions: GC on
+    other nodes may have deleted what they relied on; their clients retry."""
+    interval = ctx.config.heartbeat_interval
+    failing = False
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            alive = await asyncio.to_thread(cluster.beat)
+            if isinstance(ctx.throttle, SharedThrottle):
+                await asyncio.to_thread(ctx.throttle.sweep)
+        except StrongroomError as exc:
+            if not failing:
+                log.warning("heartbeat failed (sessions expire if this lasts): %s", exc)
+            failing = True
+            continue
+        if failing:
+            log.info("heartbeat works again")
+            failing = False
+        if not alive:
+            log.warning("this node was presumed dead (no heartbeat in time); ending its sessions")
+            for user_id in list(ctx.sessions):
+                await ctx.end_sessions(user_id, "the server lost its database; retry", wait=0)
 
 
 async def _handshake(ctx: ServerContext, writer: asyncio.StreamWriter, tls: ssl.SSLContext) -> bool:

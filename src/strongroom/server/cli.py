@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .. import __version__
 from ..cli.errors import handle_errors
 from .config import load_config
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .app import ServerContext
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,37 +67,56 @@ from .config import load_config
 @handle_errors("strongroom-server")
 def main(config_file: str | None, **flags: Any) -> None:
     """Serve encrypted backups to strongroom clients over TLS."""
-    from .app import ServerContext, serve, setup_logging
-    from .datadir import DataDir
+    from .app import ServerContext, setup_logging
+    from .backend import open_backend
     from .deployment import refuse_argv_secrets
-    from .opsdb import OpsDB
+    from .identity import materialise, shared_identity
     from .purge import finish_purges
-    from .stores import StoreRegistry
     from .tls import certificate_fingerprint, ensure_certificate, server_ssl_context
-    from .userdb import UserDB
 
     refuse_argv_secrets(flags.get("metadata"), flags.get("blobs"))
     config = load_config(Path(config_file) if config_file else None, flags)
     setup_logging(config)
-    datadir = DataDir(config.data_dir)
-    datadir.ensure()
-    if config.tls_cert is None or config.tls_key is None:
-        ensure_certificate(datadir)
-        cert, key = datadir.cert_path, datadir.key_path
-    else:
-        cert, key = config.tls_cert, config.tls_key
-    tls = server_ssl_context(cert, key)
-    fingerprint = certificate_fingerprint(cert)
-    userdb = UserDB.open_file(datadir.users_db)
-    finish_purges(datadir, userdb)  # a `user delete --purge-data` a crash interrupted
-    ctx = ServerContext(
-        config=config,
-        datadir=datadir,
-        userdb=userdb,
-        secret=datadir.server_secret(),
-        stores=StoreRegistry(datadir.storage_root),
-        ops=OpsDB(userdb.db),
-    )
+    node_id = config.node_id or _node_id(config.port)
+    backend = open_backend(config, node=node_id if config.scaleout else None)
+    try:
+        datadir = backend.datadir
+        if backend.kind == "scaleout":
+            # One identity for every node, so clients' pinned fingerprint holds on any of them.
+            identity = shared_identity(backend.db)
+            materialise(datadir, identity)
+            secret = identity["server_secret"]
+        else:
+            ensure_certificate(datadir)
+            secret = datadir.server_secret()
+        if config.tls_cert is None or config.tls_key is None:
+            cert, key = datadir.cert_path, datadir.key_path
+        else:
+            cert, key = config.tls_cert, config.tls_key
+        tls = server_ssl_context(cert, key)
+        fingerprint = certificate_fingerprint(cert)
+        # A `user delete --purge-data` a crash interrupted.
+        finish_purges(backend.storage, backend.userdb, backend.sessions.in_use)
+        if backend.cluster is not None:
+            backend.cluster.start()
+        ctx = ServerContext(config=config, backend=backend, secret=secret, node_id=node_id)
+        _serve(ctx, tls, fingerprint)
+    finally:
+        backend.close()
+    click.echo("strongroom-server stopped")
+
+
+def _node_id(port: int) -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{port}:{os.urandom(3).hex()}"
+
+
+def _serve(ctx: ServerContext, tls: ssl.SSLContext, fingerprint: str) -> None:
+    from .app import serve
+
+    backend = ctx.backend
 
     def announce(addresses: list[Any], web: list[tuple[str, int]]) -> None:
         for addr in addresses:
@@ -101,12 +125,13 @@ def main(config_file: str | None, **flags: Any) -> None:
         for web_host, web_port in web:
             shown = f"[{web_host}]" if ":" in web_host else web_host
             click.echo(f"web console on https://{shown}:{web_port}/")
-        click.echo(f"data folder: {datadir.root.resolve()}")
+        click.echo(backend.describe)
+        if backend.kind == "scaleout":
+            click.echo(f"node: {ctx.node_id}")
         click.echo(f"certificate fingerprint: {fingerprint}")
         sys.stdout.flush()
 
     asyncio.run(serve(ctx, tls, announce))
-    click.echo("strongroom-server stopped")
 
 
 if __name__ == "__main__":

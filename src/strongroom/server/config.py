@@ -80,6 +80,10 @@ class ServerConfig:
     # Nodes prove they are alive every heartbeat_interval seconds; a node silent for
     # missed_heartbeats intervals is dead and its sessions no longer hold GC back.
     node_id: str = ""  # default: host name, port and a random suffix
+    # Every S3 request: seconds to wait for an answer, and tries (a hung object store becomes
+    # an error after about s3_read_timeout x s3_attempts, never a wait without end).
+    s3_read_timeout: float = 60.0
+    s3_attempts: int = 4
     heartbeat_interval: float = 5.0
     missed_heartbeats: int = 6
 
@@ -129,6 +133,8 @@ _ENV = {
     "metadata_password_file": "STRONGROOM_METADATA_PASSWORD_FILE",
     "s3_credentials_file": "STRONGROOM_S3_CREDENTIALS_FILE",
     "node_id": "STRONGROOM_NODE_ID",
+    "s3_read_timeout": "STRONGROOM_S3_READ_TIMEOUT",
+    "s3_attempts": "STRONGROOM_S3_ATTEMPTS",
     "heartbeat_interval": "STRONGROOM_HEARTBEAT_INTERVAL",
     "missed_heartbeats": "STRONGROOM_MISSED_HEARTBEATS",
 }
@@ -144,6 +150,7 @@ _INTS = (
     "web_port",
     "smtp_port",
     "missed_heartbeats",
+    "s3_attempts",
 )
 _FLOATS = (
     "idle_timeout",
@@ -155,6 +162,7 @@ _FLOATS = (
     "alert_check_interval",
     "alert_repeat",
     "heartbeat_interval",
+    "s3_read_timeout",
 )
 _PATHS = (
     "data_dir",
@@ -250,6 +258,8 @@ def _typed(values: dict[str, Any]) -> ServerConfig:
         )
     if not 0.1 <= cfg.heartbeat_interval <= 3600 or not 2 <= cfg.missed_heartbeats <= 1000:
         raise UsageError("heartbeat_interval must be 0.1-3600 s and missed_heartbeats 2-1000")
+    if not 0.5 <= cfg.s3_read_timeout <= 3600 or not 1 <= cfg.s3_attempts <= 20:
+        raise UsageError("s3_read_timeout must be 0.5-3600 s and s3_attempts 1-20")
     return cfg
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -85,7 +86,7 @@ async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
             ctx.console_sessions.close_admin(str(request["name"]))
         return {"ok": True}
     if request["op"] == "storage-open":
-        return {"ok": True, "open": ctx.stores.is_open(str(request["storage_id"]))}
+        return {"ok": True, "open": storage_held(ctx, str(request["storage_id"]))}
     name = request["user"]
     dry_run = bool(request.get("dry_run", False))
     user = await asyncio.to_thread(ctx.userdb.get, str(name))
@@ -93,7 +94,7 @@ async def _run(ctx: ServerContext, request: Any) -> dict[str, Any]:
         raise StrongroomError(f"no user {name}")
     token = object()  # the admin's GC is not a backup: it does not hold back the horizon
     store = await asyncio.to_thread(
-        ctx.stores.acquire, user.storage_id, ctx.datadir.storage_path(user.storage_id), token
+        functools.partial(ctx.stores.acquire, user.storage_id, token, backup=False)
     )
     try:
         removed: list[str] = []
@@ -127,9 +128,14 @@ async def _end_sessions(ctx: ServerContext, request: dict[str, Any]) -> dict[str
     # Whether nothing of this server holds the user's storage any more (a purge may go on).
     storage_id = request.get("storage_id")
     released = not ctx.sessions.get(user_id) and not (
-        isinstance(storage_id, str) and ctx.stores.is_open(storage_id)
+        isinstance(storage_id, str) and await asyncio.to_thread(storage_held, ctx, storage_id)
     )
     return {"ok": True, "ended": ended, "released": released}
+
+
+def storage_held(ctx: ServerContext, storage_id: str) -> bool:
+    """Open on this node, or held by a live session on any node (blocking)."""
+    return ctx.stores.is_open(storage_id) or ctx.backend.sessions.in_use(storage_id)
 
 
 def retain(store: UserStore, user: User, policy: Policy | None, dry_run: bool) -> list[str]:
@@ -137,7 +143,7 @@ def retain(store: UserStore, user: User, policy: Policy | None, dry_run: bool) -
     if policy is None:
         return []
     if dry_run:
-        decisions = decide(store.store.list_snapshots(), user, policy)
+        decisions = decide(store.store.list_snapshots(), user, policy, store.registry.now_ns())
     else:
         decisions = store.apply_policy(policy, user)
     return [d.candidate.id for d in decisions if not d.keep]

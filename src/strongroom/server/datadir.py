@@ -56,9 +56,19 @@ class DataDir:
         return secret
 
     def storage_path(self, storage_id: str) -> Path:
+        return self.storage_root / self.check_storage_id(storage_id)
+
+    @staticmethod
+    def check_storage_id(storage_id: str) -> str:
         if not _STORAGE_ID.fullmatch(storage_id):
             raise ValueError("a storage ID is 32 lowercase hex digits")
-        return self.storage_root / storage_id
+        return storage_id
+
+    def ensure_workdir(self) -> None:
+        """Scale-out: this node's own folder (staged manifests, admin socket, TLS files)."""
+        for folder in (self.root, self.tls_dir):
+            if make_dir(folder):
+                fsync_dir(folder.parent)
 
 
 def make_dir(path: Path) -> bool:
@@ -79,16 +89,8 @@ def write_new_file(path: Path, data: bytes, mode: int) -> bool:
     which fails if the name is taken: of two racing processes exactly one wins, and nobody ever
     sees a partial file.
     """
-    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    tmp = _durable_temp(path, data, mode)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -99,6 +101,41 @@ def write_new_file(path: Path, data: bytes, mode: int) -> bool:
             os.replace(tmp, path)
         fsync_dir(path.parent)
         return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _durable_temp(path: Path, data: bytes, mode: int) -> Path:
+    """`data` in a new private file next to `path`, fsync'd; the caller moves or removes it."""
+    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.close(fd)
+    return tmp
+
+
+def replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Durably make `path` hold `data` (unless it already does): a private temporary file,
+    fsync'd, renamed over it. Readers see the old bytes or the new, never a mix."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    tmp = _durable_temp(path, data, mode)
+    try:
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()

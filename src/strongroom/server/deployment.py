@@ -35,13 +35,12 @@ class MetadataSpec:
 
 @dataclass(frozen=True)
 class BlobsSpec:
-    """Where packs go: an S3 bucket (optionally under a key prefix) or, for a shared file
-    system and tests, a local folder (`file:///path`)."""
+    """Where packs go: an S3 bucket of strongroom's own (keys STORAGE_ID/packs/NAME) or, for a
+    shared file system and tests, a folder (`file:///path`)."""
 
     kind: str  # "s3" or "file"
     shown: str
     bucket: str = ""
-    prefix: str = ""
     endpoint: str | None = None
     region: str | None = None
     ca_file: Path | None = None
@@ -116,6 +115,10 @@ def blobs_spec(url: str, credentials_file: Path | None) -> BlobsSpec:
     bucket = parts.hostname or ""
     if not 3 <= len(bucket) <= 63:
         raise UsageError("--blobs: an S3 bucket name has 3 to 63 characters (s3://BUCKET?…)")
+    if parts.path.strip("/"):
+        raise UsageError(
+            "--blobs: give the bucket only (s3://BUCKET?…); strongroom needs one of its own"
+        )
     unknown = set(query) - {"endpoint", "region", "ca_file", "profile"}
     if unknown:
         raise UsageError(f"--blobs: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -128,7 +131,6 @@ def blobs_spec(url: str, credentials_file: Path | None) -> BlobsSpec:
         kind="s3",
         shown=redact(url),
         bucket=bucket,
-        prefix=parts.path.strip("/"),
         endpoint=endpoint,
         region=query.get("region") or None,
         ca_file=Path(ca) if ca else None,

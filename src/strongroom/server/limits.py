@@ -9,6 +9,7 @@ it counts against the account's limit. All on the event loop's thread, so no loc
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -78,16 +79,22 @@ class ConnectionLimits:
 
 class CommitRate:
     """Commits per account in a sliding hour (per server process: a restart forgets them,
-    which only an admin can cause)."""
+    which only an admin can cause; several nodes count in PostgreSQL: nodes.SharedCommitRate).
+    Called from threads."""
 
     WINDOW = 3600.0
 
     def __init__(self, per_hour: int) -> None:
         self.per_hour = per_hour
         self._times: dict[int, deque[float]] = {}
+        self._lock = threading.Lock()
 
     def allow(self, user_id: int) -> bool:
         """Count one commit attempt; False if the account is over its hourly bound."""
+        with self._lock:
+            return self._allow(user_id)
+
+    def _allow(self, user_id: int) -> bool:
         now = time.monotonic()
         times = self._times.setdefault(user_id, deque())
         while times and now - times[0] > self.WINDOW:

@@ -46,35 +46,23 @@ class SessionRegistry(Protocol):
 
 
 class LocalSessions:
-    """The embedded mode: one process, its own clock."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sessions: dict[object, tuple[str, int]] = {}  # token -> (storage, login time)
+    """The embedded mode: one process, its own clock. Each UserStore keeps its own sessions
+    (UserStore.sessions), so there is nothing to share here."""
 
     def now_ns(self) -> int:
         return time.time_ns()
 
     def login(self, storage_id: str, user_id: int, token: object) -> None:
-        with self._lock:
-            self._sessions[token] = (storage_id, time.time_ns())
+        pass
 
     def logout(self, token: object) -> None:
-        with self._lock:
-            self._sessions.pop(token, None)
+        pass
 
     def oldest_session_ns(self, storage_id: str, exclude: object = None) -> int | None:
-        with self._lock:
-            times = [
-                t
-                for tok, (sid, t) in self._sessions.items()
-                if sid == storage_id and tok is not exclude
-            ]
-        return min(times, default=None)
+        return None
 
     def in_use(self, storage_id: str) -> bool:
-        with self._lock:
-            return any(sid == storage_id for sid, _t in self._sessions.values())
+        return False
 
 
 class SharedSessions:

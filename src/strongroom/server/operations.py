@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..crypto import KdfParams
-from ..store import PackStore
 from ..store.scrub import scrub
 from .accounts import add_user, login_material
 from .config import default_kdf
-from .control import retain
+from .control import retain, storage_held
 from .purge import finish_purges
 from .userdb import User, UserDB
 
@@ -45,7 +44,7 @@ def reset_kdf(user: User) -> KdfParams:
 
 
 def create_user(ctx: ServerContext, name: str, password: bytes, **settings: Any) -> User:
-    return add_user(ctx.datadir, ctx.userdb, name, password, kdf=default_kdf(), **settings)
+    return add_user(ctx.backend.storage, ctx.userdb, name, password, kdf=default_kdf(), **settings)
 
 
 def reset_password(ctx: ServerContext, user: User, password: bytes) -> None:
@@ -59,7 +58,7 @@ def reset_password(ctx: ServerContext, user: User, password: bytes) -> None:
 def run_gc(ctx: ServerContext, user: User) -> dict[str, Any]:
     """GC inside the server (it knows the sessions), as `strongroom-admin gc` does."""
     token = object()
-    store = ctx.stores.acquire(user.storage_id, ctx.datadir.storage_path(user.storage_id), token)
+    store = ctx.stores.acquire(user.storage_id, token, backup=False)
     try:
         report = store.gc(exclude=token)
     finally:
@@ -70,7 +69,7 @@ def run_gc(ctx: ServerContext, user: User) -> dict[str, Any]:
 
 def apply_retention(ctx: ServerContext, user: User) -> list[str]:
     token = object()
-    store = ctx.stores.acquire(user.storage_id, ctx.datadir.storage_path(user.storage_id), token)
+    store = ctx.stores.acquire(user.storage_id, token, backup=False)
     try:
         return retain(store, user, ctx.policy_for(user), dry_run=False)
     finally:
@@ -80,8 +79,7 @@ def apply_retention(ctx: ServerContext, user: User) -> list[str]:
 def run_scrub(ctx: ServerContext, user: User) -> dict[str, Any]:
     """Read every pack of the account and check it (no key); the result is kept for the
     dashboard and the alerts."""
-    path = ctx.datadir.storage_path(user.storage_id)
-    store = PackStore(path)
+    store = ctx.backend.storage.open(user.storage_id, writer=False)
     try:
         report = scrub(store).to_json()
     finally:
@@ -125,16 +123,15 @@ def delete_user(ctx: ServerContext, user: User, *, purge: bool) -> bool:
     ctx.ops.forget_user(user.id)
     if not purge:
         return False
-    done = finish_purges(ctx.datadir, ctx.userdb, ctx.stores.is_open)
+    done = finish_purges(ctx.backend.storage, ctx.userdb, lambda sid: storage_held(ctx, sid))
     return user.storage_id in done
 
 
 def snapshot_sizes(ctx: ServerContext, user: User) -> dict[str, int]:
     """Stored bytes each snapshot references (its manifest's blobs), by snapshot ID."""
-    path = ctx.datadir.storage_path(user.storage_id)
-    if not (path / "index.sqlite").is_file():
+    if not ctx.backend.storage.exists(user.storage_id):
         return {}
-    store = PackStore(path)
+    store = ctx.backend.storage.open(user.storage_id, writer=False)
     try:
         rows = store.query(
             "SELECT s.snap_id, COALESCE(SUM(b.length), 0) FROM snapshots s "
@@ -148,7 +145,7 @@ def snapshot_sizes(ctx: ServerContext, user: User) -> dict[str, int]:
 
 def set_protected(ctx: ServerContext, user: User, snap_id: str, protected: bool) -> bool:
     token = object()
-    store = ctx.stores.acquire(user.storage_id, ctx.datadir.storage_path(user.storage_id), token)
+    store = ctx.stores.acquire(user.storage_id, token, backup=False)
     try:
         return store.store.set_protected(snap_id, protected)
     finally:

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..store import PackStore
+from .backend import Storage
 from .opsdb import OpsDB, UsagePoint
-from .stores import metadata_charge
+from .quota import charge
 from .userdb import User, UserDB
 
 QUOTA_WARNING = 0.9  # quota use that raises an alert and a badge
@@ -46,14 +46,14 @@ class DiskStatus:
     estimated_full_ns: int | None  # when the growth of the last 30 days fills the disk
 
 
-def account_status(user: User, store_path: Path, default_interval_s: float) -> AccountStatus:
+def account_status(user: User, storage: Storage, default_interval_s: float) -> AccountStatus:
     stored = charged = snapshots = 0
-    if (store_path / "index.sqlite").is_file():
-        store = PackStore(store_path)  # a reader: the server may write meanwhile (WAL)
+    if storage.exists(user.storage_id):
+        # A reader: the server may write meanwhile (WAL; in PostgreSQL, other nodes too).
+        store = storage.open(user.storage_id, writer=False)
         try:
-            stored = store.stored_bytes()
-            charged = stored + metadata_charge(store)
-            snapshots = int(store.query("SELECT COUNT(*) FROM snapshots")[0][0])
+            counts = store.charge_counts()
+            stored, charged, snapshots = counts[0], charge(counts), counts[2]
         finally:
             store.close()
     interval = int(user.expected_interval_s or default_interval_s)
@@ -73,11 +73,9 @@ def account_status(user: User, store_path: Path, default_interval_s: float) -> A
 
 
 def all_statuses(
-    userdb: UserDB, storage_root: Path, default_interval_s: float
+    userdb: UserDB, storage: Storage, default_interval_s: float
 ) -> list[AccountStatus]:
-    return [
-        account_status(u, storage_root / u.storage_id, default_interval_s) for u in userdb.list()
-    ]
+    return [account_status(u, storage, default_interval_s) for u in userdb.list()]
 
 
 def disk_status(root: Path, history: list[UsagePoint]) -> DiskStatus:

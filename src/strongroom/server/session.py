@@ -242,18 +242,15 @@ class Session:
                 await self._thread(self.ctx.stores.release, self.user.storage_id, self)
             await self._send(m.Ok(), rid)
             return False
-        if isinstance(msg, m.AuthParamsRequest):
-            user = await self._thread(self.ctx.userdb.get, msg.user)
-            answer = auth.salt_for(user, msg.user, self.ctx.secret)  # folds unknown names
-            await self._send(
-                m.AuthParams(
-                    answer.salt, answer.kdf.memory_kib, answer.kdf.iterations, answer.kdf.lanes
-                ),
-                rid,
-            )
-            return True
-        if isinstance(msg, m.Login):
-            return await self._login(msg, rid)
+        if isinstance(msg, m.AuthParamsRequest | m.Login):
+            try:
+                if isinstance(msg, m.Login):
+                    return await self._login(msg, rid)
+                await self._auth_params(msg, rid)
+                return True
+            except StrongroomError as exc:  # the database or the object store is unreachable
+                log.warning("%s: %s failed: %s", self.address, m.describe(msg), exc)
+                raise Close(_error_for(exc)) from None
         try:
             await self._authenticated(msg, rid)
         except Close:
@@ -264,6 +261,16 @@ class Session:
             log.warning("%s: user %r: %s refused: %s", self.address, who, m.describe(msg), exc)
             await self._send(reply, rid)
         return True
+
+    async def _auth_params(self, msg: m.AuthParamsRequest, rid: int) -> None:
+        user = await self._thread(self.ctx.userdb.get, msg.user)
+        answer = auth.salt_for(user, msg.user, self.ctx.secret)  # folds unknown names
+        await self._send(
+            m.AuthParams(
+                answer.salt, answer.kdf.memory_kib, answer.kdf.iterations, answer.kdf.lanes
+            ),
+            rid,
+        )
 
     async def _hello(self, msg: m.Hello, rid: int) -> bool:
         if msg.version != m.PROTOCOL_VERSION:
@@ -315,10 +322,7 @@ class Session:
             log.warning("%s: user %r refused: %s", self.address, user.name, refusal)
             raise Close(m.Error(m.ErrorCode.BUSY, refusal))
         self.store = await self._thread(
-            self.ctx.stores.acquire,
-            user.storage_id,
-            self.ctx.datadir.storage_path(user.storage_id),
-            self,
+            functools.partial(self.ctx.stores.acquire, user.storage_id, self, user_id=user.id)
         )
         self.user = user
         self.generation = user.generation
@@ -522,7 +526,7 @@ class Session:
         self._unstage()
         manifest = self.manifest.take()
         try:
-            self._admit_commit(user, msg, refs)
+            await self._admit_commit(user, msg, refs)
             try:
                 await self._thread(
                     functools.partial(
@@ -564,7 +568,7 @@ class Session:
         await self._send(m.Ok(), rid)
         await self._after_backup(user, store)
 
-    def _admit_commit(self, user: User, msg: m.Commit, refs: int) -> None:
+    async def _admit_commit(self, user: User, msg: m.Commit, refs: int) -> None:
         """The checks a forged commit meets before it costs the store anything."""
         skew_ns = int(self.ctx.config.max_clock_skew * 1e9)
         now = time.time_ns()
@@ -576,7 +580,7 @@ class Session:
             )
         if refs == 0:
             raise _BadRequest("a snapshot must reference its blobs (the manifest is empty)")
-        if not self.ctx.commits.allow(user.id):
+        if not await self._thread(self.ctx.commits.allow, user.id):
             raise _RateLimited(
                 f"more than {self.ctx.config.max_commits_per_hour} snapshots committed in the "
                 "last hour for this account; try again later"
@@ -630,7 +634,7 @@ class Session:
         """A backup that failed on the client (unreachable server, missing folder): the
         admin's view says "failed". Bounded like commits; the text is cleaned of control
         characters (it reaches the log and the console)."""
-        if not self.ctx.commits.allow(user.id):
+        if not await self._thread(self.ctx.commits.allow, user.id):
             raise _RateLimited("too many reports and commits in the last hour; try again later")
         text = clean_text(msg.message)
         await self._thread(self.ctx.userdb.record_backup, user.id, time.time_ns(), "failed")

@@ -52,6 +52,18 @@ def ensure_certificate(datadir: DataDir, hostnames: list[str] | None = None) -> 
         write_new_file(datadir.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
+def new_identity(hostnames: list[str]) -> tuple[bytes, bytes]:
+    """A new self-signed certificate and its key, as PEM (scale-out keeps them in the
+    database: server/identity.py)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return _self_signed(key, hostnames).public_bytes(serialization.Encoding.PEM), pem
+
+
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -112,10 +124,15 @@ def certificate_fingerprint(cert_path: Path) -> str:
         data = cert_path.read_bytes()
     except OSError as exc:
         raise StrongroomError(f"cannot read the certificate {cert_path}: {exc.strerror}") from None
+    return pem_fingerprint(data, str(cert_path))
+
+
+def pem_fingerprint(data: bytes, where: str = "the certificate") -> str:
+    """The fingerprint of the first certificate in PEM bytes."""
     try:
         cert = x509.load_pem_x509_certificates(data)[0]
     except (ValueError, IndexError):
-        raise StrongroomError(f"{cert_path} holds no valid PEM certificate") from None
+        raise StrongroomError(f"{where} holds no valid PEM certificate") from None
     return fingerprint_of_der(cert.public_bytes(serialization.Encoding.DER))
 
 

@@ -29,7 +29,7 @@ from ... import __version__
 from ...cli import format as fmt
 from ...errors import StrongroomError, UsageError
 from ...names import fold_name
-from ..throttle import FailureThrottle, LoginRefused, address_group
+from ..throttle import LoginRefused, address_group
 from . import actions
 from .auth import COOKIE, ConsoleSession, Sessions, check_csrf, fake_salt, verify_password
 from .pages import dashboard_page, user_page
@@ -60,12 +60,7 @@ class Console:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.sessions = Sessions()
-        self.throttle = FailureThrottle(
-            free_attempts=ctx.config.login_free_attempts,
-            max_delay=ctx.config.login_max_delay,
-            lockout_after=ctx.config.login_lockout_after,
-            lockout_base=ctx.config.login_lockout,
-        )
+        self.throttle = ctx.make_throttle("c")  # shared by every node in scale-out mode
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("strongroom.server.web", "templates"),
             autoescape=True,

@@ -7,7 +7,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...retention import Policy
-from ...store import PackStore
 from ..operations import last_run, snapshot_sizes
 from ..opsdb import DAY_NS
 from ..overview import AccountStatus, account_status, all_statuses, disk_status
@@ -20,7 +19,7 @@ HISTORY_DAYS = 30  # the charts, and the growth the "estimated full" date extrap
 
 
 def dashboard_page(ctx: ServerContext) -> dict[str, Any]:
-    statuses = all_statuses(ctx.userdb, ctx.datadir.storage_root, ctx.config.expected_interval)
+    statuses = all_statuses(ctx.userdb, ctx.backend.storage, ctx.config.expected_interval)
     since = time.time_ns() - HISTORY_DAYS * DAY_NS
     history = ctx.ops.total_usage(since)
     disk = disk_status(ctx.datadir.root, history)
@@ -48,13 +47,10 @@ def user_page(ctx: ServerContext, name: str) -> dict[str, Any] | None:
     user = ctx.userdb.get(name)
     if user is None:
         return None
-    status: AccountStatus = account_status(
-        user, ctx.datadir.storage_path(user.storage_id), ctx.config.expected_interval
-    )
+    status: AccountStatus = account_status(user, ctx.backend.storage, ctx.config.expected_interval)
     rows = []
-    path = ctx.datadir.storage_path(user.storage_id)
-    if (path / "index.sqlite").is_file():
-        store = PackStore(path)
+    if ctx.backend.storage.exists(user.storage_id):
+        store = ctx.backend.storage.open(user.storage_id, writer=False)
         try:
             rows = store.list_snapshots()
         finally:
