@@ -61,7 +61,7 @@ def _s3_objects(spec: Spec) -> Any:
                 access_key=s3["access_key"],
                 secret_key=s3["secret_key"],
                 connect_timeout_s=2,
-                read_timeout_s=20,
+                read_timeout_s=s3.get("read_timeout", 20),
                 attempts=2,
                 pack_target=s3.get("pack_target", 1 << 20),
                 multipart_threshold=s3.get("multipart_threshold", 16 << 20),

@@ -49,7 +49,7 @@ class PgSettings:
     idle_in_transaction_timeout_s: float = 300.0
     pool_min: int = 1
     pool_max: int = 16
-    pool_wait_s: float = 30.0  # how long a caller waits for a free connection
+    pool_wait_s: float = 15.0  # how long a caller waits for a free (or new) connection
 
 
 class PgPool:

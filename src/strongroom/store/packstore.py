@@ -348,16 +348,27 @@ class PackStore:
             if pack is None:
                 return
             if self._writer_error is not None:
-                continue  # drain so producers never block forever
+                self._forget(pack)  # drain so producers never block forever
+                continue
             try:
                 self._write_pack(pack)
             except BaseException as exc:
+                self._forget(pack)
                 self._writer_error = exc
 
+    def _forget(self, pack: _PendingPack) -> None:
+        """A pack that was not stored: its blobs may be added again (a retry sends them)."""
+        with self._buf_lock:
+            self._pending_ids.difference_update(e.blob_id for e in pack.entries)
+        pack.parts.clear()
+
     def _raise_writer_error(self) -> None:
+        """Report a failed pack write once; the next write starts afresh (an object store
+        or a database that was away for a moment must not break a long-lived store)."""
         exc = self._writer_error
         if exc is None:
             return
+        self._writer_error = None
         if isinstance(exc, OSError):
             raise RepositoryError(f"cannot write to repository: {exc.strerror or exc}") from None
         raise exc
