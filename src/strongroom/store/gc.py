@@ -188,16 +188,26 @@ def _plan(store: PackStore, pack_id: int, horizon: int) -> _Plan | None:
 
 
 def _still_dead(db: Tx, plan: _Plan, horizon: int) -> bool:
-    """Inside the switching transaction: has anything revived or referenced a dead blob?"""
-    for row_id, _off, _len in plan.dead:
-        ok = db.execute(
-            f"SELECT 1 FROM blobs b WHERE b.id = ? AND {_deletable_sql()}",  # noqa: S608 - constant
-            (row_id, horizon),
-        ).fetchone()
-        if ok is None:
-            return False
+    """Inside the switching transaction: are the pack's deletable blobs exactly the planned
+    dead ones (nothing revived or referenced since, nothing else added)? One query, not one
+    per blob: on PostgreSQL every statement is a round trip."""
+    rows = db.query(
+        f"SELECT b.id FROM blobs b WHERE b.pack = ? AND {_deletable_sql()}",  # noqa: S608 - constant
+        (plan.pack_id, horizon),
+    )
+    if {int(r[0]) for r in rows} != {row_id for row_id, _o, _n in plan.dead}:
+        return False
     count = db.execute("SELECT COUNT(*) FROM blobs WHERE pack = ?", (plan.pack_id,)).scalar()
     return bool(count == len(plan.dead) + len(plan.live))
+
+
+def _delete_dead(db: Tx, plan: _Plan, horizon: int) -> None:
+    """The planned dead rows, which `_still_dead` just found to be all the deletable ones."""
+    db.execute(
+        f"DELETE FROM blobs WHERE pack = ? AND id IN (SELECT b.id FROM blobs b WHERE b.pack = ? "  # noqa: S608 - constant
+        f"AND {_deletable_sql()})",
+        (plan.pack_id, plan.pack_id, horizon),
+    )
 
 
 def _drop(
@@ -211,7 +221,7 @@ def _drop(
     with guard, store.transaction() as db:
         if not _still_dead(db, plan, horizon):
             return False
-        db.executemany("DELETE FROM blobs WHERE id = ?", [(r,) for r, _o, _n in plan.dead])
+        _delete_dead(db, plan, horizon)
         db.execute("DELETE FROM packs WHERE id = ?", (plan.pack_id,))
     _notify(step, "dropped")
     store.delete_unused_objects([pack_name])
@@ -259,7 +269,7 @@ def _repack(
                 'UPDATE blobs SET pack = ?, "offset" = ? WHERE id = ?',
                 [(new_id, off, row_id) for row_id, off, _n in entries],
             )
-            db.executemany("DELETE FROM blobs WHERE id = ?", [(r,) for r, _o, _n in plan.dead])
+            _delete_dead(db, plan, horizon)
             db.execute("DELETE FROM packs WHERE id = ?", (plan.pack_id,))
             switched = True
     finally:
