@@ -76,6 +76,10 @@ class Cluster:
             if not node.alive():
                 node.start()
 
+    def stored_of(self, storage_id: str) -> int:
+        rows = self.query(f"SELECT COALESCE(SUM(size), 0) FROM store_{storage_id}.packs")
+        return int(rows[0][0])  # type: ignore[call-overload]
+
     def packs_of(self, storage_id: str) -> int:
         rows = self.query(f"SELECT COUNT(*) FROM store_{storage_id}.packs")
         return int(rows[0][0])  # type: ignore[call-overload]

@@ -19,7 +19,7 @@ from ..retention import Policy
 from .alerts import AlertLoop
 from .backend import Backend
 from .config import ServerConfig
-from .control import serve_control
+from .control import serve_control, storage_held
 from .datadir import DataDir
 from .limits import CommitRate, ConnectionLimits, Slot
 from .metrics import Metrics
@@ -28,6 +28,7 @@ from .operations import record_run
 from .opsdb import OpsDB
 from .overview import all_statuses
 from .policy import policy_for
+from .purge import finish_purges
 from .session import Session
 from .shared_throttle import SharedThrottle
 from .stores import StoreRegistry
@@ -217,6 +218,10 @@ async def heartbeat(ctx: ServerContext, cluster: SharedSessions) -> None:
             alive = await asyncio.to_thread(cluster.beat)
             if isinstance(ctx.throttle, SharedThrottle):
                 await asyncio.to_thread(ctx.throttle.sweep)
+            # A purge another node or the admin could not finish (a session held the store).
+            await asyncio.to_thread(
+                finish_purges, ctx.backend.storage, ctx.userdb, lambda sid: storage_held(ctx, sid)
+            )
         except StrongroomError as exc:
             if not failing:
                 log.warning("heartbeat failed (sessions expire if this lasts): %s", exc)
