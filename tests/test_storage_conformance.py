@@ -27,6 +27,8 @@ from storage_backends import Backend, close_buckets
 from strongroom import db as dblayer
 from strongroom.db import ConstraintError
 from strongroom.errors import IntegrityError, RepositoryError
+from strongroom.server.quota import QuotaExceeded
+from strongroom.server.stores import UserStore
 from strongroom.store import PackStore
 from strongroom.store.gc import collect_garbage
 from strongroom.store.packstore import RootNotInManifest
@@ -314,6 +316,48 @@ def test_gc_killed_at_each_step(backend: Backend, stop_at: str) -> None:
     assert store.all_blob_ids() == {b for b, _d in keep}
     assert set(store.objects.names()) == set(store.packs())
     assert dict(store.read_blobs([b for b, _d in keep])) == dict(keep) and scrub(store).ok
+
+
+def _user_stores(backend: Backend, store: PackStore) -> tuple[UserStore, UserStore]:
+    """Two nodes' view of one account's store (embedded: one server, one UserStore)."""
+    if not backend.shared:
+        one = UserStore(store, backend.spec["storage_id"])
+        return one, one
+    from strongroom.server.nodes import SharedSessions
+    from strongroom.server.quota import SharedQuota
+    from strongroom.server.schema import migrate
+
+    public = dblayer.postgres_database(backend.spec["dsn"])
+    migrate(public)  # the server's own tables: nodes, quota reservations
+    out = []
+    for node, packs in (("node-a", store), ("node-b", backend.open())):
+        SharedSessions(public, node, "127.0.0.1:0", interval_s=5, missed=6).start()
+        quota = SharedQuota(node, backend.spec["storage_id"])
+        packs.hooks = quota
+        quota.store = packs
+        out.append(UserStore(packs, backend.spec["storage_id"], quota=quota))
+    return out[0], out[1]
+
+
+def test_quota_holds_for_buffered_and_concurrent_uploads(backend: Backend) -> None:
+    """Bytes accepted but not yet in a pack count (scale-out: on every node), so two uploads
+    that each fit alone cannot together exceed the quota; a commit must fit too."""
+    quota = 1_000_000
+    a, b = _user_stores(backend, new_store(backend))
+    first = [(os.urandom(32), t, os.urandom(300_000)) for t in (TREE, DATA)]
+    second = [(os.urandom(32), DATA, os.urandom(300_000)) for _ in range(2)]
+    assert a.put(first, quota) == 2  # buffered (a pack is 1 MiB or more): not indexed yet
+    with pytest.raises(QuotaExceeded):
+        b.put(second, quota)
+    a.flush()
+    assert b.put(first, quota) == 0  # already stored: costs nothing
+    with pytest.raises(QuotaExceeded):
+        b.put(second, quota)
+    ids = [bid for bid, _t, _d in first]
+    with pytest.raises(QuotaExceeded):
+        a.commit("big", 1, os.urandom(500_000), ids, "", root=ids[0], refs=2, quota=quota)
+    a.store.commit_snapshot("s", 1, b"r", ids)
+    assert a.store.stored_bytes() < quota
 
 
 def test_leftover_cleanup_spares_writes_in_progress(backend: Backend) -> None:
