@@ -185,7 +185,7 @@ class PackStore:
         if writer:
             try:
                 ensure_pending(db)
-                self.remove_leftovers()
+                self.remove_leftovers(force=lock is not None)
                 self._condemned = {
                     bytes(r[0])
                     for r in db.query("SELECT blob_id FROM blobs WHERE condemned_ns IS NOT NULL")
@@ -776,13 +776,16 @@ class PackStore:
 
     # ---- housekeeping ---------------------------------------------------------------------
 
-    def remove_leftovers(self) -> int:
+    def remove_leftovers(self, *, force: bool = True) -> int:
         """Delete what dead writers left: unfinished writes and objects no index row names,
         unless a pending row younger than the grace period (database clock) says a writer is
-        still at it. Returns how many objects went. One node at a time per store."""
+        still at it. Returns how many objects went. One node at a time per store. Without
+        `force` (a scale-out node opening the store) it runs only if no run finished within a
+        quarter of the grace period: listing a big prefix at every open would slow logins,
+        and a dead writer's objects cannot go before the grace period anyway."""
         self._check_writer()
         with self.db.try_advisory_lock("leftovers") as mine:
-            if not mine:
+            if not mine or (not force and self._cleaned_recently()):
                 return 0
             # List first, decide after: an object listed here that the index does not name
             # was registered as pending before it was written, so the decision sees that row.
@@ -799,10 +802,22 @@ class PackStore:
                 stale = [n for n in partials if n not in pending]
                 if stale:
                     self.objects.remove_partials(stale)
+                if self._lock is None:  # shared: when the last run was (embedded: every open)
+                    tx.execute(
+                        "INSERT INTO meta(name, value) VALUES('leftovers_ns', ?) "
+                        "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                        (str(cutoff + self.grace_ns).encode(),),
+                    )
             if self._lock is not None and isinstance(self.objects, LocalObjects):
                 # The embedded writer is alone: anything else in packs/ is junk too.
                 self.objects.remove_strays(indexed | pending)
         return len(doomed)
+
+    def _cleaned_recently(self) -> bool:
+        last = self.get_meta("leftovers_ns")
+        if last is None or not last.isdigit():
+            return False
+        return self.db.now_ns() - int(last) < self.grace_ns // 4
 
     def _check_writer(self) -> None:
         if not self._writer:
