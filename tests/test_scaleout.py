@@ -86,10 +86,10 @@ def test_users_back_up_at_once_across_nodes(cluster: Cluster, tmp_path: Path) ->
     cluster.healthy()
     a, b = cluster.nodes
     clients = []
-    for i in range(6):
+    for i in range(8):
         node = (a, b)[i % 2]
         client = cluster.user(node, f"u{i}")
-        clients.append((client, _tree(tmp_path / f"d{i}", 8, 40_000, f"user{i}")))
+        clients.append((client, _tree(tmp_path / f"d{i}", 6, 30_000, f"user{i}")))
     procs = [spawn(c, "backup", str(d), "--json") for c, d in clients]
     results = [finish(p) for p in procs]
     for res in results:
@@ -250,3 +250,33 @@ def test_user_delete_with_purge_removes_index_and_objects(cluster: Cluster, tmp_
     schemas = cluster.query("SELECT 1 FROM pg_namespace WHERE nspname = %s", f"store_{sid}")
     assert schemas == [] and cluster.query("SELECT * FROM pending_purges") == []
     assert _via(zed, b).run("snapshots", check=False).returncode != 0  # the account is gone
+
+
+def test_console_on_a_node_shows_the_shared_state(cluster: Cluster, tmp_path: Path) -> None:
+    """The web console of any node: the accounts, snapshots and actions of the whole cluster
+    (GC and scrub through the bucket), and its admins from PostgreSQL."""
+    from consolefixtures import CONSOLE_ADMIN, CONSOLE_PASSWORD, Console
+    from netfixtures import free_port
+
+    cluster.healthy()
+    a, _b = cluster.nodes
+    vic = cluster.user(a, "vic")
+    _via(vic, a).backup(_tree(tmp_path / "v", 3, 50_000, "vic"))
+    web = cluster.node("node-web", STRONGROOM_WEB_PORT=str(free_port()))
+    web.start()
+    try:
+        a.admin(
+            "console-admin", "add", CONSOLE_ADMIN, "--password-stdin", input=CONSOLE_PASSWORD + "\n"
+        )
+        c = Console(web.web_port)
+        assert c.login().status == 200
+        assert "vic" in c.get("/").text
+        page = c.get("/users/vic")
+        assert page.status == 200 and "1" in page.text
+        scrubbed = c.post("/users/vic/scrub", {})
+        assert scrubbed.flashes() == ["scrub of vic: no problems"], scrubbed.flashes()
+        assert c.post("/users/vic/gc", {}).status == 200
+        _via(vic, web).run("check", "--read-data")
+    finally:
+        web.kill()
+        cluster.nodes.remove(web)
