@@ -310,7 +310,9 @@ def user_json(u: User) -> dict[str, Any]:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"{PROG}: error: {message}", err=True)
+    from ..redact import redact
+
+    click.echo(f"{PROG}: error: {redact(message)}", err=True)  # never a credential
     sys.exit(code)
 
 

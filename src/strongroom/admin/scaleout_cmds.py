@@ -22,7 +22,7 @@ from .app import Admin, cli, pass_admin
 def migrate(admin: Admin, metadata: str | None, blobs: str | None, as_json: bool) -> None:
     """Copy the data folder (--data-dir: users, keys, packs, snapshots, policies, history,
     certificate and secret) into PostgreSQL + S3; resumable, verified by scrub. Stop the
-    embedded server first; the folder is only read."""
+    embedded server first; the folder is left as it was."""
     from ..server.deployment import refuse_argv_secrets
     from ..server.migration import migrate as run
     from ..server.scaleout import open_scaleout

@@ -12,7 +12,8 @@ killed (or failed on an unreachable bucket) is simply run again:
    (store/copy.py; a pack already copied is skipped);
 4. verify: every copied store is scrubbed through the object store and its snapshot and blob
    counts compared with the source. Only then does the migration count as complete.
-The data folder is only read; keep it until the new deployment has served for a while.
+The data folder is left as it was (only its users database is brought to the current schema,
+as any start would); keep it until the new deployment has served for a while.
 """
 
 from __future__ import annotations
