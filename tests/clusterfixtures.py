@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from pgfixtures import PgCluster
     from s3fixtures import CephS3
 
-HEARTBEAT = "0.5"  # seconds; a node silent for 3 beats is dead
-MISSED = "3"
+HEARTBEAT = "0.5"  # seconds; a node silent for 4 beats is dead
+MISSED = "4"
 
 
 @dataclass

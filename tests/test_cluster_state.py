@@ -89,8 +89,8 @@ def test_two_nodes_share_users(pg: Database, pg_dsn: str) -> None:
 
 def test_sessions_heartbeat_and_expiry(pg: Database) -> None:
     UserDB(pg)  # the schema, with the cluster tables
-    a = SharedSessions(pg, "node-a", "127.0.0.1:1", interval_s=0.2, missed=2)
-    b = SharedSessions(pg, "node-b", "127.0.0.1:2", interval_s=0.2, missed=2)
+    a = SharedSessions(pg, "node-a", "127.0.0.1:1", interval_s=0.5, missed=2)  # 1 s to live
+    b = SharedSessions(pg, "node-b", "127.0.0.1:2", interval_s=0.5, missed=2)
     a.start()
     b.start()
     assert a.oldest_session_ns("s1") is None and not b.in_use("s1")
@@ -102,8 +102,8 @@ def test_sessions_heartbeat_and_expiry(pg: Database) -> None:
     assert first is not None and b.in_use("s1")
     assert a.oldest_session_ns("s1", exclude=tok_a) > first  # type: ignore[operator]
     # Node a goes silent: after two missed beats its session no longer holds GC back.
-    for _ in range(4):
-        time.sleep(0.15)
+    for _ in range(6):
+        time.sleep(0.25)
         assert b.beat()
     assert b.oldest_session_ns("s1") > first  # type: ignore[operator]
     assert not a.beat()  # it finds out it was presumed dead (its sessions must end)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import signal
 import ssl
@@ -212,28 +214,49 @@ async def heartbeat(ctx: ServerContext, cluster: SharedSessions) -> None:
     other nodes may have deleted what they relied on; their clients retry."""
     interval = ctx.config.heartbeat_interval
     failing = False
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            alive = await asyncio.to_thread(cluster.beat)
-            if isinstance(ctx.throttle, SharedThrottle):
-                await asyncio.to_thread(ctx.throttle.sweep)
-            # A purge another node or the admin could not finish (a session held the store).
-            await asyncio.to_thread(
+    loop = asyncio.get_running_loop()
+    # A thread of its own: a beat must not wait behind busy storage work in the shared pool,
+    # or a loaded node would be taken for dead.
+    beats = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="heartbeat")
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            failing, alive = await _beat(ctx, cluster, loop, beats, failing)
+            if not alive:
+                log.warning("this node was presumed dead (no heartbeat in time); ending sessions")
+                for user_id in list(ctx.sessions):
+                    await ctx.end_sessions(user_id, "the server lost its database; retry", wait=0)
+    finally:
+        beats.shutdown(wait=False)
+
+
+async def _beat(
+    ctx: ServerContext,
+    cluster: SharedSessions,
+    loop: asyncio.AbstractEventLoop,
+    beats: concurrent.futures.Executor,
+    failing: bool,
+) -> tuple[bool, bool]:
+    """One heartbeat and the chores that ride on it; (failing now, still alive)."""
+    try:
+        alive = await loop.run_in_executor(beats, cluster.beat)
+        if isinstance(ctx.throttle, SharedThrottle):
+            await loop.run_in_executor(beats, ctx.throttle.sweep)
+        # A purge another node or the admin could not finish (a session held the store).
+        await loop.run_in_executor(
+            beats,
+            functools.partial(
                 finish_purges, ctx.backend.storage, ctx.userdb, lambda sid: storage_held(ctx, sid)
-            )
-        except StrongroomError as exc:
-            if not failing:
-                log.warning("heartbeat failed (sessions expire if this lasts): %s", exc)
-            failing = True
-            continue
-        if failing:
-            log.info("heartbeat works again")
-            failing = False
-        if not alive:
-            log.warning("this node was presumed dead (no heartbeat in time); ending its sessions")
-            for user_id in list(ctx.sessions):
-                await ctx.end_sessions(user_id, "the server lost its database; retry", wait=0)
+            ),
+        )
+    except Exception as exc:  # the database away (or a bug): keep beating, say so once
+        if not failing:
+            detail = str(exc) if isinstance(exc, StrongroomError) else type(exc).__name__
+            log.warning("heartbeat failed (sessions expire if this lasts): %s", detail)
+        return True, True
+    if failing:
+        log.info("heartbeat works again")
+    return False, alive
 
 
 async def _handshake(ctx: ServerContext, writer: asyncio.StreamWriter, tls: ssl.SSLContext) -> bool:

@@ -42,7 +42,8 @@ def open_scaleout(config: ServerConfig, node: str | None) -> Backend:
                 close()
         raise
     datadir = DataDir(config.data_dir)
-    datadir.ensure_workdir()
+    if node is not None:  # the admin tool only looks for a node's socket there
+        datadir.ensure_workdir()
     sessions = SharedSessions(
         db,
         node or ADMIN_NODE,
