@@ -455,3 +455,14 @@ def test_scrub_finds_damage_and_missing_packs(backend: Backend) -> None:
     assert any(pack_b[:16] in p for p in store.storage_problems())
     verified = {bid: ok for bid, ok, _d in store.iter_verified()}
     assert verified[a[0][0]] and not verified[a[1][0]] and not verified[b[0][0]]
+
+    # A pack cut short (its tail never reached the disk or the bucket): damage, not a crash.
+    c = [blob(6000), blob(7000)]
+    put(store, c)
+    pack_c = store.locate([c[1][0]])[c[1][0]].pack
+    store.objects.put(pack_c, [store.objects.read_all(pack_c)[:3000]])
+    verified = {bid: ok for bid, ok, _d in store.iter_verified()}
+    assert not verified[c[0][0]] and not verified[c[1][0]]
+    with pytest.raises(IntegrityError, match="damaged"):
+        store.read_blob(c[1][0])
+    assert any(f"pack {pack_c[:16]} has size 3000" in p for p in store.storage_problems())

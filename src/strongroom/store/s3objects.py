@@ -174,6 +174,12 @@ class S3Objects(ObjectStore):
                     res = self.bucket.client.get_object(**kwargs)
                 except self.bucket.client.exceptions.NoSuchKey:
                     raise PackMissing(f"pack {name[:16]} is missing") from None
+                except self.bucket.client.exceptions.ClientError as exc:
+                    if str(exc.response.get("Error", {}).get("Code")) != "InvalidRange":
+                        raise
+                    # Wholly past the end: a short object. A short read, as from a file, so
+                    # the caller reports damage instead of failing on the request.
+                    return 0, b""
                 try:
                     body = res["Body"].read()
                 except Exception:
