@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -204,9 +203,9 @@ def to_pyformat(sql: str) -> str:
 
 def lock_key(name: str) -> int:
     """A stable signed 64-bit key for pg_advisory_lock (the same on every node)."""
-    return int.from_bytes(
-        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
-    )
+    import blake3  # not hashlib: the embedded client's start-up does without OpenSSL's
+
+    return int.from_bytes(blake3.blake3(name.encode()).digest(length=8), "big", signed=True)
 
 
 def chunked(rows: Iterable[Params], size: int) -> Iterator[list[Params]]:
