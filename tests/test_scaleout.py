@@ -283,3 +283,20 @@ def test_console_on_a_node_shows_the_shared_state(cluster: Cluster, tmp_path: Pa
     finally:
         web.kill()
         cluster.nodes.remove(web)
+
+
+def test_a_password_reset_on_one_node_ends_sessions_on_the_other_at_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from netfixtures import ADMIN_PASSWORD
+    from strongroom.protocol import messages as m
+    from test_server_hostile import connect
+
+    cluster.healthy()
+    a, b = cluster.nodes
+    cluster.user(a, "wes")
+    with connect(b, "wes") as thief:  # a stolen password, logged in through node b
+        a.admin("user", "passwd", "wes", "--password-stdin", input=ADMIN_PASSWORD + "\n")
+        answers = thief.until_closed()  # node b is told through PostgreSQL, not a request
+        assert [msg.code for _r, msg in answers] == [m.ErrorCode.SESSION_ENDED], answers
+    assert "the account changed on another node" in b.log.read_text()

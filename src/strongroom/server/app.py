@@ -24,6 +24,7 @@ from .config import ServerConfig
 from .control import serve_control, storage_held
 from .datadir import DataDir
 from .limits import CommitRate, ConnectionLimits, Slot
+from .listener import AccountListener
 from .metrics import Metrics
 from .nodes import SharedCommitRate, SharedSessions
 from .operations import record_run
@@ -185,8 +186,11 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
         on_listening(addresses, web_addresses)
     control = await serve_control(ctx)
     watchers = [asyncio.create_task(AlertLoop(ctx).run())]
+    listener: AccountListener | None = None
     if ctx.backend.cluster is not None:
         watchers.append(asyncio.create_task(heartbeat(ctx, ctx.backend.cluster)))
+        listener = AccountListener(ctx, ctx.backend.conninfo)
+        listener.start()
     async with server:
         await stop.wait()
         if control is not None:
@@ -204,6 +208,8 @@ async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = 
         if ctx.connections:
             await asyncio.wait(list(ctx.connections), timeout=10)
     ctx.stores.close_all()
+    if listener is not None:
+        await asyncio.to_thread(listener.stop)
     if ctx.backend.cluster is not None:
         await asyncio.to_thread(ctx.backend.cluster.stop)
 

@@ -177,6 +177,7 @@ class Backend:
     cluster: SharedSessions | None = None  # scale-out: this node's heartbeat
     describe: str = ""
     closers: list[Callable[[], None]] = field(default_factory=list)
+    conninfo: str = field(default="", repr=False)  # scale-out: for the account listener
 
     @property
     def db(self) -> Database:

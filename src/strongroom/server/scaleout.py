@@ -33,8 +33,9 @@ def open_scaleout(config: ServerConfig, node: str | None) -> Backend:
     closers: list[Callable[[], None]] = [close_pools]
     objects, close_objects = _objects(blobs, config)
     closers.append(close_objects)
+    conninfo = _conninfo(meta)
     try:
-        db = postgres_database(_conninfo(meta))
+        db = postgres_database(conninfo)
         userdb = UserDB(db)
     except BaseException:
         for close in closers:
@@ -61,6 +62,7 @@ def open_scaleout(config: ServerConfig, node: str | None) -> Backend:
         cluster=sessions if node is not None else None,
         describe=f"metadata: {meta.shown}; blobs: {blobs.shown}",
         closers=closers,
+        conninfo=conninfo,
     )
 
 

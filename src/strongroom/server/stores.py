@@ -47,8 +47,8 @@ class SnapshotLimit(StrongroomError):
 def metadata_charge(store: PackStore) -> int:
     """What the quota charges for a store's index besides pack bytes: its blob rows, snapshot
     rows and records, and manifest rows (used by the server's quota and the admin's `usage`)."""
-    _packs, *rest = store.charge_counts()
-    return charge((0, *rest))  # type: ignore[arg-type]
+    _packs, blobs, snapshots, records, refs = store.charge_counts()
+    return charge((0, blobs, snapshots, records, refs))
 
 
 def retention_candidates(rows: list[SnapshotRow], user: User) -> list[Candidate]:

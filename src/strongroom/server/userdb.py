@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..crypto import KdfParams
-from ..db import Database, SqliteDatabase
+from ..db import Database, SqliteDatabase, Tx
 from ..errors import StrongroomError, UsageError
 from ..keys import KeyFile
 from .schema import DEFAULT_PROTECT_WINDOW_S, SCHEMA_VERSION, migrate
@@ -234,6 +234,7 @@ class UserDB:
             row = tx.execute(_SELECT + " WHERE lower(name) = lower(?)", (name,)).fetchone()
             if row is not None:
                 tx.execute("DELETE FROM users WHERE id = ?", (row[0],))
+                announce_change(tx, int(row[0]))
                 if purge:
                     tx.execute(
                         "INSERT INTO pending_purges(storage_id) VALUES(?) ON CONFLICT DO NOTHING",
@@ -251,34 +252,41 @@ class UserDB:
         self, uid: int, *, salt: bytes, kdf: KdfParams, auth_hash: bytes, must_change: bool
     ) -> None:
         """An admin password reset: a new login verifier; the key file is left as it is."""
-        self._write(
-            "UPDATE users SET salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, kdf_lanes = ?, "
-            "auth_hash = ?, must_change_password = ?, generation = generation + 1 WHERE id = ?",
-            (salt, kdf.memory_kib, kdf.iterations, kdf.lanes, auth_hash, int(must_change), uid),
-        )
+        with self.db.transaction() as tx:
+            cur = tx.execute(
+                "UPDATE users SET salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, "
+                "kdf_lanes = ?, auth_hash = ?, must_change_password = ?, "
+                "generation = generation + 1 WHERE id = ?",
+                (salt, kdf.memory_kib, kdf.iterations, kdf.lanes, auth_hash, int(must_change), uid),
+            )
+            if cur.rowcount == 0:
+                raise StrongroomError("this user no longer exists")
+            announce_change(tx, uid)
 
     def set_keyfile(self, uid: int, keyfile: KeyFile, *, generation: int) -> int:
         """The user's own password change: their key file becomes their login verifier too.
 
         Only if the account is still at `generation` (nobody reset, changed or deleted it
         since the caller's session read it); returns the new generation."""
-        cur = self.db.execute(
-            "UPDATE users SET keyfile = ?, salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, "
-            "kdf_lanes = ?, auth_hash = ?, must_change_password = 0, "
-            "generation = generation + 1 WHERE id = ? AND generation = ?",
-            (
-                keyfile.to_json().encode(),
-                keyfile.salt,
-                keyfile.kdf.memory_kib,
-                keyfile.kdf.iterations,
-                keyfile.kdf.lanes,
-                keyfile.auth_hash,
-                uid,
-                generation,
-            ),
-        )
-        if cur.rowcount == 0:
-            raise StrongroomError("this account was changed or deleted meanwhile; log in again")
+        with self.db.transaction() as tx:
+            cur = tx.execute(
+                "UPDATE users SET keyfile = ?, salt = ?, kdf_memory_kib = ?, kdf_iterations = ?, "
+                "kdf_lanes = ?, auth_hash = ?, must_change_password = 0, "
+                "generation = generation + 1 WHERE id = ? AND generation = ?",
+                (
+                    keyfile.to_json().encode(),
+                    keyfile.salt,
+                    keyfile.kdf.memory_kib,
+                    keyfile.kdf.iterations,
+                    keyfile.kdf.lanes,
+                    keyfile.auth_hash,
+                    uid,
+                    generation,
+                ),
+            )
+            if cur.rowcount == 0:
+                raise StrongroomError("this account was changed or deleted meanwhile; log in again")
+            announce_change(tx, uid)
         return generation + 1
 
     def update(
@@ -328,14 +336,16 @@ class UserDB:
             uid = int(found[0])
             for assignment, params in changes:
                 tx.execute(f"UPDATE users SET {assignment} WHERE id = ?", (*params, uid))  # noqa: S608 - constant columns
-            if append_only is not None:
-                # A change of the flag ends open sessions (they were admitted under the
-                # other rule); setting it to what it is changes nothing.
+            # A change of the append-only flag ends open sessions (they were admitted under
+            # the other rule); setting it to what it is changes nothing.
+            if append_only is not None and (
                 tx.execute(
                     "UPDATE users SET append_only = ?, generation = generation + 1 "
                     "WHERE id = ? AND append_only != ?",
                     (int(append_only), uid, int(append_only)),
-                )
+                ).rowcount
+            ):
+                announce_change(tx, uid)
             row = tx.execute(_SELECT + " WHERE id = ?", (uid,))
             return _user(row.fetchone())
 
@@ -366,10 +376,16 @@ class UserDB:
     def close(self) -> None:
         self.db.close()
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> None:
-        cur = self.db.execute(sql, params)
-        if cur.rowcount == 0:
-            raise StrongroomError("this user no longer exists")
+
+ACCOUNT_CHANNEL = "strongroom_accounts"
+
+
+def announce_change(tx: Tx, uid: int) -> None:
+    """Scale-out: tell every node, when this transaction commits, that the account's login,
+    keys or append-only setting changed (or it is gone): its sessions there end at once
+    (server/listener.py). SQLite has one server, told through the admin socket instead."""
+    if tx.dialect == "postgresql":
+        tx.execute("SELECT pg_notify(?, ?)", (ACCOUNT_CHANNEL, str(uid)))
 
 
 def _check_quota(quota: int | None) -> None:
