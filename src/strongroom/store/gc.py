@@ -223,6 +223,7 @@ def _drop(
             return False
         _delete_dead(db, plan, horizon)
         db.execute("DELETE FROM packs WHERE id = ?", (plan.pack_id,))
+        store.doom(db, pack_name)
     _notify(step, "dropped")
     store.delete_unused_objects([pack_name])
     return True
@@ -271,6 +272,8 @@ def _repack(
             )
             _delete_dead(db, plan, horizon)
             db.execute("DELETE FROM packs WHERE id = ?", (plan.pack_id,))
+            if new.name != pack_name:
+                store.doom(db, pack_name)
             switched = True
     finally:
         if not switched:  # its pending row goes, and the object unless someone indexed it

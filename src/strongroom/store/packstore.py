@@ -453,24 +453,44 @@ class PackStore:
             tx.execute(
                 "DELETE FROM pending_packs WHERE name = ? AND token = ?", (obj.name, obj.token)
             )
-            self._delete_unused(tx, [obj.name])
+            self.delete_unused(tx, [obj.name])
 
     def delete_unused_objects(self, names: Iterable[str]) -> list[str]:
         """Delete these objects unless an index row or a pending write names them (checked
         in the same serialised transaction, so no writer can be between check and delete)."""
         with self.db.transaction() as tx:
-            return self._delete_unused(tx, list(names))
+            return self.delete_unused(tx, list(names))
 
-    def _delete_unused(self, tx: Tx, names: list[str]) -> list[str]:
+    def delete_unused(self, tx: Tx, names: list[str]) -> list[str]:
+        """Delete those of these objects that no index row and no live pending row (younger
+        than the grace period) names, with their expired pending rows (dead writes, doom
+        marks): in the caller's exclusive transaction, so no writer is between check and
+        delete."""
+        cutoff = tx.now_ns() - self.grace_ns
         doomed = [
             n
             for n in names
             if tx.execute("SELECT 1 FROM packs WHERE name = ?", (n,)).fetchone() is None
-            and tx.execute("SELECT 1 FROM pending_packs WHERE name = ?", (n,)).fetchone() is None
+            and tx.execute(
+                "SELECT 1 FROM pending_packs WHERE name = ? AND started_ns >= ?", (n, cutoff)
+            ).fetchone()
+            is None
         ]
         if doomed:
+            tx.executemany("DELETE FROM pending_packs WHERE name = ?", [(n,) for n in doomed])
             self.objects.delete(doomed)
         return doomed
+
+    def doom(self, tx: Tx, name: str) -> None:
+        """In the transaction that removes a pack's index rows (GC): mark its object for
+        deletion, so that cleanup finishes the job if this process dies before it deletes
+        the object. (Cleanup never deletes an object that no row explains: see
+        remove_leftovers.)"""
+        tx.execute(
+            "INSERT INTO pending_packs(name, token, started_ns) VALUES(?, ?, 0) "
+            "ON CONFLICT DO NOTHING",
+            (name, b"doomed"),
+        )
 
     # ---- transactions and queries ----------------------------------------------------------
 
@@ -792,25 +812,42 @@ class PackStore:
             names = list(self.objects.names())
             partials = self.objects.partials()
             with self.db.transaction() as tx:
-                cutoff = tx.now_ns() - self.grace_ns
-                tx.execute("DELETE FROM pending_packs WHERE started_ns < ?", (cutoff,))
-                pending = {r[0] for r in tx.query("SELECT name FROM pending_packs")}
+                now = tx.now_ns()
+                cutoff = now - self.grace_ns
+                live = {
+                    r[0]
+                    for r in tx.query(
+                        "SELECT name FROM pending_packs WHERE started_ns >= ?", (cutoff,)
+                    )
+                }
+                dead = {
+                    r[0]
+                    for r in tx.query(
+                        "SELECT name FROM pending_packs WHERE started_ns < ?", (cutoff,)
+                    )
+                }
                 indexed = {r[0] for r in tx.query("SELECT name FROM packs")}
-                doomed = [n for n in names if n not in indexed and n not in pending]
-                if doomed:
-                    self.objects.delete(doomed)
-                stale = [n for n in partials if n not in pending]
+                unindexed = [n for n in names if n not in indexed and n not in live]
+                if self._lock is None:
+                    # Shared: only what a row says is dead (a writer that never finished, a
+                    # pack GC removed). An object no row explains is kept: it may be a pack a
+                    # database restored from an older backup has forgotten (rebuild-index
+                    # adopts it, or removes it if it holds nothing the index lacks).
+                    unindexed = [n for n in unindexed if n in dead]
+                doomed = self.delete_unused(tx, unindexed)
+                tx.execute("DELETE FROM pending_packs WHERE started_ns < ?", (cutoff,))
+                stale = [n for n in partials if n not in live]
                 if stale:
                     self.objects.remove_partials(stale)
                 if self._lock is None:  # shared: when the last run was (embedded: every open)
                     tx.execute(
                         "INSERT INTO meta(name, value) VALUES('leftovers_ns', ?) "
                         "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                        (str(cutoff + self.grace_ns).encode(),),
+                        (str(now).encode(),),
                     )
             if self._lock is not None and isinstance(self.objects, LocalObjects):
                 # The embedded writer is alone: anything else in packs/ is junk too.
-                self.objects.remove_strays(indexed | pending)
+                self.objects.remove_strays(indexed | live)
         return len(doomed)
 
     def _cleaned_recently(self) -> bool:

@@ -6,10 +6,12 @@ Every object that no index row names and that no writer has pending is read: its
 its bytes) and each blob against its checksum before anything is indexed; then, in one
 transaction per pack that re-checks that the object still exists (deletions happen only under
 the same lock), the pack and those of its blobs the index lacks are inserted. Blobs already
-indexed elsewhere keep their place, so an old pack that GC had replaced but not yet deleted adds
-nothing (cleanup removes it later); blobs no snapshot references come back as unreferenced, for
-the next GC. Indexed packs whose object is gone are reported, not removed (their snapshots are
-damaged: scrub names them). Snapshots and manifests live only in the database: back it up.
+indexed elsewhere keep their place; an object that holds nothing else (an old pack GC replaced
+but did not get to delete, a duplicate) is deleted instead (scale-out leftover cleanup never
+deletes an object no row explains: it may be what a restored database forgot). Blobs no
+snapshot references come back as unreferenced, for the next GC. Indexed packs whose object is
+gone are reported, not removed (their snapshots are damaged: scrub names them). Snapshots and
+manifests live only in the database: back it up.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class RebuildReport:
     without_trailer: list[str] = field(default_factory=list)  # written before trailers
     damaged: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # indexed, but the object is gone
+    removed: int = 0  # unindexed objects holding nothing the index lacks
     dry_run: bool = False
 
     @property
@@ -120,8 +123,9 @@ def _adopt(
             for e in entries
             if tx.execute("SELECT 1 FROM blobs WHERE blob_id = ?", (e.blob_id,)).fetchone() is None
         ]
-        if not new:
-            return  # a copy of blobs indexed elsewhere: leftover cleanup's business
+        if not new:  # only blobs indexed elsewhere (an old pack GC replaced, a duplicate)
+            report.removed += len(store.delete_unused(tx, [name]))
+            return
         pack_id = tx.execute(
             "INSERT INTO packs(name, size, created_ns) VALUES(?, ?, ?) RETURNING id",
             (name, size, tx.now_ns()),
