@@ -479,11 +479,19 @@ class Session:
         if user.append_only and user.keyfile is not None and not user.must_change_password:
             # Replacing the wrapped keys could make every backup unreadable: a delete in effect.
             raise _Forbidden("append-only account: ask the admin to reset your password")
-        self.generation = await self._thread(
-            functools.partial(
-                self.ctx.userdb.set_keyfile, user.id, keyfile, generation=self.generation
+        previous = self.generation
+        # Counted as this session's own from the start: the notice of this very change
+        # (server/listener.py) may arrive before the call returns, and must not end it.
+        self.generation = previous + 1
+        try:
+            self.generation = await self._thread(
+                functools.partial(
+                    self.ctx.userdb.set_keyfile, user.id, keyfile, generation=previous
+                )
             )
-        )
+        except BaseException:
+            self.generation = previous  # not changed: the next request sees who did
+            raise
         self.admin_password_login = False
         self.state.phase = Phase.READY
         log.info("%s: user %r changed their password", self.address, user.name)
