@@ -31,6 +31,7 @@ from .throttle import FailureThrottle, address_group
 from .userdb import User, UserDB
 from .web.app import start_console
 from .web.auth import Sessions
+from .web.restore_api import UserWeb
 
 log = logging.getLogger("strongroom.server")
 
@@ -58,6 +59,7 @@ class ServerContext:
     commits: CommitRate = field(init=False)
     refusing: int = 0
     console_sessions: Sessions | None = None  # the web console's, when it runs
+    user_web: UserWeb | None = None  # the users' restore page's sessions, when it runs
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -88,12 +90,14 @@ class ServerContext:
         `wait` seconds, until they have let go of the user's storage."""
         ending = [s for s in self.sessions.get(user_id, set()) if s is not keep]
         released = [s.end(reason) for s in ending]
+        if self.user_web is not None:  # the restore page's sessions of the user end too
+            released += self.user_web.end_user(user_id)
         if released and wait > 0:
             waiting = [asyncio.create_task(event.wait()) for event in released]
             _done, pending = await asyncio.wait(waiting, timeout=wait)
             for task in pending:
                 task.cancel()
-        return len(ending)
+        return len(released)
 
 
 async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = None) -> None:
