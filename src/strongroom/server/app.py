@@ -9,95 +9,24 @@ import signal
 import ssl
 import sys
 import time
-from dataclasses import dataclass, field
 
-from .. import __version__
 from ..protocol import messages as m
 from ..protocol.framing import encode_frame
-from ..retention import Policy
 from .alerts import AlertLoop
 from .config import ServerConfig
+from .context import ServerContext
 from .control import serve_control
-from .datadir import DataDir
-from .limits import CommitRate, ConnectionLimits, Slot
-from .metrics import Metrics
-from .operations import record_run
-from .opsdb import OpsDB
+from .limits import Slot
 from .overview import all_statuses
-from .policy import policy_for
 from .session import Session
-from .stores import StoreRegistry
-from .throttle import FailureThrottle, address_group
-from .userdb import User, UserDB
+from .throttle import address_group
 from .web.app import start_console
-from .web.auth import Sessions
-from .web.restore_api import UserWeb
 
 log = logging.getLogger("strongroom.server")
 
 STREAM_BUFFER = 8 * 1024 * 1024  # read ahead while the previous request is being stored
 REFUSAL_HANDSHAKES = 16  # refused connections told "busy" over TLS at once; others just closed
 REFUSAL_TIMEOUT = 5.0
-
-
-@dataclass
-class ServerContext:
-    config: ServerConfig
-    datadir: DataDir
-    userdb: UserDB
-    secret: bytes
-    stores: StoreRegistry
-    ops: OpsDB
-    throttle: FailureThrottle = field(init=False)
-    version: str = __version__
-    connections: set[asyncio.Task[None]] = field(default_factory=set)
-    # Logged-in sessions by user ID, so an account change can end them at once.
-    sessions: dict[int, set[Session]] = field(default_factory=dict)
-    staged: dict[int, int] = field(default_factory=dict)  # user ID -> manifest bytes on disk
-    metrics: Metrics = field(default_factory=Metrics)
-    limits: ConnectionLimits = field(init=False)
-    commits: CommitRate = field(init=False)
-    refusing: int = 0
-    console_sessions: Sessions | None = None  # the web console's, when it runs
-    user_web: UserWeb | None = None  # the users' restore page's sessions, when it runs
-
-    def __post_init__(self) -> None:
-        cfg = self.config
-        self.limits = ConnectionLimits(
-            cfg.max_connections, cfg.max_unauthenticated_per_address, cfg.max_connections_per_user
-        )
-        self.commits = CommitRate(cfg.max_commits_per_hour)
-        self.throttle = FailureThrottle(
-            free_attempts=cfg.login_free_attempts,
-            max_delay=cfg.login_max_delay,
-            lockout_after=cfg.login_lockout_after,
-            lockout_base=cfg.login_lockout,
-        )
-
-    def policy_for(self, user: User) -> Policy | None:
-        return policy_for(self.userdb, user)
-
-    def note_gc(self, user: User, reclaimed_bytes: int) -> None:
-        """A GC ran for the user (blocking: call from a thread)."""
-        self.metrics.gc_runs.inc()
-        self.metrics.gc_reclaimed.inc(reclaimed_bytes)
-        record_run(self.userdb, "gc", user, f"{reclaimed_bytes} bytes reclaimed", True)
-
-    async def end_sessions(
-        self, user_id: int, reason: str, *, keep: Session | None = None, wait: float = 10.0
-    ) -> int:
-        """End every session of the user but `keep` (on the loop's thread) and wait, at most
-        `wait` seconds, until they have let go of the user's storage."""
-        ending = [s for s in self.sessions.get(user_id, set()) if s is not keep]
-        released = [s.end(reason) for s in ending]
-        if self.user_web is not None:  # the restore page's sessions of the user end too
-            released += self.user_web.end_user(user_id)
-        if released and wait > 0:
-            waiting = [asyncio.create_task(event.wait()) for event in released]
-            _done, pending = await asyncio.wait(waiting, timeout=wait)
-            for task in pending:
-                task.cancel()
-        return len(released)
 
 
 async def serve(ctx: ServerContext, tls: ssl.SSLContext, on_listening: object = None) -> None:

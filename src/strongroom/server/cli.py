@@ -47,7 +47,8 @@ from .config import load_config
 @handle_errors("strongroom-server")
 def main(config_file: str | None, **flags: Any) -> None:
     """Serve encrypted backups to strongroom clients over TLS."""
-    from .app import ServerContext, serve, setup_logging
+    from .app import serve, setup_logging
+    from .context import ServerContext
     from .datadir import DataDir
     from .opsdb import OpsDB
     from .purge import finish_purges

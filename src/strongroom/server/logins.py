@@ -20,7 +20,7 @@ from . import auth
 from .userdb import User
 
 if TYPE_CHECKING:
-    from .app import ServerContext
+    from .context import ServerContext
 
 log = logging.getLogger("strongroom.server")
 

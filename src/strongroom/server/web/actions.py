@@ -16,7 +16,7 @@ from .. import operations
 from ..userdb import User, parse_quota, parse_window, validate_username
 
 if TYPE_CHECKING:
-    from ..app import ServerContext
+    from ..context import ServerContext
 
 Form = dict[str, str]
 

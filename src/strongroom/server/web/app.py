@@ -36,7 +36,7 @@ from .pages import dashboard_page, user_page
 from .restore_api import UserWeb, is_user_path
 
 if TYPE_CHECKING:
-    from ..app import ServerContext
+    from ..context import ServerContext
 
 log = logging.getLogger("strongroom.server")
 

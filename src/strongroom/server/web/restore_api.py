@@ -50,7 +50,7 @@ from ..throttle import LoginRefused, address_group
 from ..userdb import User
 
 if TYPE_CHECKING:
-    from ..app import ServerContext
+    from ..context import ServerContext
 
 log = logging.getLogger("strongroom.server")
 
