@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "diff": "browse_cmd",
     "restore": "restore_cmd",
     "check": "check_cmd",
+    "copy": "copy_cmd",
     "forget": "lifecycle",
     "protect": "lifecycle",
     "prune": "lifecycle",

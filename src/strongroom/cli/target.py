@@ -148,6 +148,7 @@ def connect(
     old_password: Callable[[], bytes] | None = None,
     remember: bool | None = None,
     accept_new_keys: bool = False,
+    password: bytes | None = None,
 ) -> RemoteRepository:
     """Log in to the server named by the options, the environment or the saved config.
 
@@ -183,7 +184,8 @@ def connect(
             return True
         return False
 
-    password = read_password(where.password_file, prompt=f"Password for {user} at {server}")
+    if password is None:
+        password = read_password(where.password_file, prompt=f"Password for {user} at {server}")
     if new_password is None and sys.stdin.isatty():
         new_password = new_password_prompt
     if old_password is None and sys.stdin.isatty():

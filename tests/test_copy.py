@@ -1,0 +1,271 @@
+"""`strongroom copy` (issue 12, part 4): snapshots to a second place, with real servers.
+
+One server on 127.0.0.1 for the module, with accounts whose passwords (and so keys) all
+differ, and local repositories with passwords of their own: every copy here re-encrypts and
+rewrites trees. Copies keep IDs, times and tags; `check --read-data` passes on the
+destination and a restore from it is bit-exact; a second run copies nothing; a copy killed
+with SIGKILL half-way completes on the next run, storing only what the destination lacks.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Cli, Result, tree_state
+from netfixtures import NetCli, Server, finish, spawn
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Net:
+    server: Server
+    alice: NetCli
+    tmp: Path
+    source: Path
+
+
+def make_tree(root: Path) -> None:
+    """~40 MiB that does not compress (several packs), small files, links, empty folders."""
+    rng = random.Random(12)
+    for i in range(5):
+        (root / "big").mkdir(parents=True, exist_ok=True)
+        (root / "big" / f"f{i}.bin").write_bytes(rng.randbytes(8 * MiB))
+    for d in range(6):
+        sub = root / f"dir{d}" / "inner"
+        sub.mkdir(parents=True)
+        for j in range(30):
+            (sub / f"s{j}.txt").write_bytes(f"file {d}/{j} ".encode() * rng.randint(1, 400))
+    (root / "empty").mkdir()
+    os.symlink("dir0/inner/s0.txt", root / "link")
+    (root / "big" / "f0.bin").chmod(0o600)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    tmp = tmp_path_factory.mktemp("copy")
+    source = tmp / "data"
+    make_tree(source)
+    server = Server(tmp / "server-data").start()
+    try:
+        alice = server.add_user("alice", tmp, password="alice's password")
+        alice.backup(source, extra=("--tag", "first"))
+        yield Net(server, alice, tmp, source)
+    finally:
+        server.kill()
+
+
+def local_repo(path: Path, password: str) -> Cli:
+    cli = Cli(path.parent)
+    cli.repo = path
+    cli.env.update({"STRONGROOM_REPO": str(path), "STRONGROOM_PASSWORD": password})
+    cli.env["STRONGROOM_CACHE_DIR"] = str(path.parent / f"{path.name}-cache")
+    cli.init()
+    return cli
+
+
+def copy_env(password: str, **dest: str) -> dict[str, str]:
+    return {"STRONGROOM_TO_PASSWORD": password, **dest}
+
+
+def to_server(net: Net, user: str) -> tuple[str, ...]:
+    return ("--to-server", net.server.address, "--to-user", user)
+
+
+def fp(net: Net) -> dict[str, str]:
+    return {"STRONGROOM_TO_FINGERPRINT": net.server.fingerprint}
+
+
+def snapshots(cli: Cli) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = cli.run("snapshots", "--json").json()
+    return rows
+
+
+def same_records(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
+    keys = ("id", "time_ns", "host", "username", "paths", "tags", "parent", "excludes", "stats")
+    assert [{k: s[k] for k in keys} for s in a] == [{k: s[k] for k in keys} for s in b]
+
+
+def restored_equal(cli: Cli, target: Path, source: Path, snapshot: str = "latest") -> None:
+    cli.restore(target, snapshot)
+    assert tree_state(target / source.name) == tree_state(source)
+
+
+def one_line_error(res: Result, *words: str) -> None:
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def blob_count(index: Path) -> int:
+    db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0])
+    finally:
+        db.close()
+
+
+def storage(server: Server, user: str) -> Path:
+    users = server.admin("user", "list", "--json").json()
+    (sid,) = [u["storage_id"] for u in users if u["name"] == user]
+    return server.data_dir / "storage" / sid
+
+
+def has_pack(store: Path) -> bool:
+    for _dirpath, _dirs, names in os.walk(store / "packs"):
+        if any(not n.endswith(".tmp") for n in names):
+            return True
+    return False
+
+
+# ---- server -> local repository, incremental, nothing twice --------------------------------
+
+
+def test_server_to_local_repo(net: Net) -> None:
+    alice = net.alice
+    (net.source / "dir1" / "added.txt").write_text("second snapshot\n")
+    alice.backup(net.source, extra=("--tag", "second"))
+    local = local_repo(net.tmp / "offsite", "a local password")
+
+    first = alice.run(
+        "copy", "--to-repo", str(local.repo), "--json", env=copy_env("a local password")
+    )
+    report = first.json()
+    theirs = snapshots(alice)
+    assert report["copied"] == [s["id"] for s in theirs] and report["skipped"] == []
+    assert report["trees_rewritten"] > 0  # other keys: every tree is written again
+    same_records(snapshots(local), theirs)
+    assert {tuple(s["tags"]) for s in snapshots(local)} == {("first",), ("second",)}
+    checked = local.run("check", "--read-data")
+    assert "no errors: 2 snapshots" in checked.stdout
+    restored_equal(local, net.tmp / "restore-local", net.source)
+    first_id = theirs[0]["id"]
+    local.restore(net.tmp / "restore-first", first_id[:8])
+    assert not (net.tmp / "restore-first" / "data" / "dir1" / "added.txt").exists()
+
+    again = alice.run(
+        "copy", "--to-repo", str(local.repo), "--json", env=copy_env("a local password")
+    )
+    nothing = again.json()
+    assert nothing["copied"] == [] and len(nothing["skipped"]) == 2
+    assert nothing["blobs_read"] == nothing["blobs_stored"] == 0
+
+    # One more snapshot: only its few new blobs go over (the ID map knows the rest).
+    (net.source / "dir2" / "inner" / "s3.txt").write_text("changed\n")
+    alice.backup(net.source)
+    third = alice.run(
+        "copy", "latest", "--to-repo", str(local.repo), "--json", env=copy_env("a local password")
+    ).json()
+    assert third["copied"] == [snapshots(alice)[-1]["id"]]
+    assert 0 < third["bytes_stored"] < MiB and third["bytes_read"] < MiB
+    restored_equal(local, net.tmp / "restore-local-3", net.source)
+    assert "no errors: 3 snapshots" in local.run("check", "--read-data").stdout
+
+
+# ---- local repository -> another server account ------------------------------------------
+
+
+def test_local_repo_to_server_account(net: Net) -> None:
+    repo = local_repo(net.tmp / "laptop", "laptop password")
+    repo.backup(net.source, extra=("--tag", "laptop"))
+    bob = net.server.add_user("bob", net.tmp, password="bob's password")
+    out = repo.run("copy", *to_server(net, "bob"), env={**copy_env("bob's password"), **fp(net)})
+    assert "1 snapshot(s) copied, 0 already there" in out.stdout
+    same_records(snapshots(bob), snapshots(repo))
+    assert "no errors: 1 snapshots" in bob.run("check", "--read-data").stdout
+    restored_equal(bob, net.tmp / "restore-bob", net.source)
+
+
+# ---- account -> account, killed half-way and resumed ---------------------------------------
+
+
+def test_account_to_account_killed_and_resumed(net: Net) -> None:
+    carol = net.server.add_user("carol", net.tmp, password="carol's password")
+    store = storage(net.server, "carol")
+    args = ("copy", *to_server(net, "carol"), "--json")
+    env = {**copy_env("carol's password"), **fp(net)}
+    proc = spawn_with(net.alice, env, *args)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not has_pack(store) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the copy ended before a pack was stored; make the tree larger"
+    proc.send_signal(signal.SIGKILL)
+    assert finish(proc).returncode == -signal.SIGKILL
+    assert snapshots(carol) == []  # nothing half-visible
+    before = blob_count(store / "index.sqlite")
+    assert before > 0
+
+    resumed = net.alice.run(*args, env=env).json()
+    after = blob_count(store / "index.sqlite")
+    assert len(resumed["copied"]) == len(snapshots(net.alice))
+    # Only what the destination lacked was stored again.
+    assert resumed["blobs_stored"] == after - before
+    assert resumed["blobs_stored"] < after
+    same_records(snapshots(carol), snapshots(net.alice))
+    assert "no errors" in carol.run("check", "--read-data").stdout
+    restored_equal(carol, net.tmp / "restore-carol", net.source)
+    again = net.alice.run(*args, env=env).json()
+    assert again["copied"] == [] and again["blobs_stored"] == 0
+
+
+def spawn_with(cli: NetCli, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    saved = dict(cli.env)
+    cli.env.update(env)
+    try:
+        return spawn(cli, *args)
+    finally:
+        cli.env.clear()
+        cli.env.update(saved)
+
+
+# ---- bad input: one line, non-zero exit ------------------------------------------------------
+
+
+def test_bad_input(net: Net) -> None:
+    alice = net.alice
+    local = local_repo(net.tmp / "bad-input", "right")
+    dest = ("--to-repo", str(local.repo))
+    one_line_error(
+        alice.run("copy", "deadbeef", *dest, env=copy_env("right"), check=False), "deadbeef"
+    )
+    one_line_error(alice.run("copy", *dest, env=copy_env("wrong"), check=False), "destination")
+    one_line_error(
+        alice.run(
+            "copy", *dest, env={**copy_env("right"), "STRONGROOM_PASSWORD": "no"}, check=False
+        ),
+        "source",
+    )
+    one_line_error(
+        alice.run(
+            "copy", "--to-server", "127.0.0.1:1", "--to-user", "x", env=copy_env("p"), check=False
+        ),
+        "destination",
+    )
+    one_line_error(alice.run("copy", check=False), "--to-repo")
+    one_line_error(alice.run("copy", "--to-server", net.server.address, check=False), "--to-user")
+    one_line_error(
+        local.run("copy", "--to-repo", str(local.repo), env=copy_env("right"), check=False),
+        "same repository",
+    )
+    one_line_error(
+        alice.run("copy", *dest, env={"STRONGROOM_TO_PASSWORD": ""}, check=False, input=""),
+        "STRONGROOM_TO_PASSWORD",
+    )
+    nowhere = net.tmp / "no-such-repo"
+    one_line_error(
+        alice.run("copy", "--to-repo", str(nowhere), env=copy_env("x"), check=False), "init"
+    )
