@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "protect": "lifecycle",
     "prune": "lifecycle",
     "schedule": "schedule",
+    "recovery-key": "recovery_cmd",
+    "recover": "recovery_cmd",
 }
 
 handle_errors = _handle_errors("strongroom")
