@@ -10,12 +10,16 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[test]'
 # Debian packages the tests run for real: chromium for the console's browser tests (Playwright
 # uses it, downloads nothing); PostgreSQL 15 and Ceph's radosgw for the scale-out tests (issue 9,
-# tests/pgfixtures.py and tests/s3fixtures.py start private instances on 127.0.0.1).
+# tests/pgfixtures.py and tests/s3fixtures.py start private instances on 127.0.0.1); acl,
+# libcap2-bin and e2fsprogs for extended attributes, capabilities and file flags.
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 { command -v ceph-mon && command -v ceph-osd && command -v radosgw && command -v ceph; } \
     >/dev/null 2>&1 || missing+=(ceph-mon ceph-osd radosgw ceph-common)
+command -v setfacl >/dev/null 2>&1 || missing+=(acl)
+command -v setcap >/dev/null 2>&1 || missing+=(libcap2-bin)
+command -v chattr >/dev/null 2>&1 || missing+=(e2fsprogs)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "== installing ${missing[*]} (apt-get)"
