@@ -17,6 +17,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 { command -v ceph-mon && command -v ceph-osd && command -v radosgw && command -v ceph; } \
     >/dev/null 2>&1 || missing+=(ceph-mon ceph-osd radosgw ceph-common)
+# FUSE 3 for the `strongroom mount` tests (libfuse3 and fusermount3; /dev/fuse must exist).
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v setfacl >/dev/null 2>&1 || missing+=(acl)
 command -v setcap >/dev/null 2>&1 || missing+=(libcap2-bin)
 command -v chattr >/dev/null 2>&1 || missing+=(e2fsprogs)
