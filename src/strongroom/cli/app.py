@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "protect": "lifecycle",
     "prune": "lifecycle",
     "schedule": "schedule",
+    "mount": "mount_cmd",
     "recovery-key": "recovery_cmd",
     "recover": "recovery_cmd",
 }
