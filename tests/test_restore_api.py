@@ -7,21 +7,17 @@ changes, lockouts. The page itself is tested in chromium by tests/test_restore_b
 from __future__ import annotations
 
 import base64
-import json
-import ssl
 import struct
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conftest import PASSWORD
 from consolefixtures import console_server
 from netfixtures import NetCli, Server
+from restorefixtures import Http, blob_records
 from strongroom import crypto
 from strongroom.blobs import BlobCodec
 from strongroom.keys import KeyFile, unwrap
@@ -30,73 +26,6 @@ from strongroom.store import SnapshotRow
 from strongroom.tree import decode_tree
 
 pytestmark = pytest.mark.timeout(180)
-
-RECORD = struct.Struct(">32sBI")
-
-
-@dataclass
-class Answer:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class Http:
-    def __init__(self, port: int) -> None:
-        self.base = f"https://127.0.0.1:{port}"
-        tls = ssl.create_default_context()
-        tls.check_hostname = False
-        tls.verify_mode = ssl.CERT_NONE  # the server's self-signed certificate
-        self.opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls))
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        *,
-        session: str | None = None,
-        content_type: str = "application/json",
-        headers: dict[str, str] | None = None,
-    ) -> Answer:
-        h = {"Content-Type": content_type, **(headers or {})}
-        if session:
-            h["Authorization"] = f"Bearer {session}"
-        req = urllib.request.Request(self.base + path, data=body, headers=h, method=method)
-        try:
-            with self.opener.open(req, timeout=30) as resp:
-                return Answer(resp.status, resp.read(), dict(resp.headers))
-        except urllib.error.HTTPError as exc:
-            return Answer(exc.code, exc.read(), dict(exc.headers))
-
-    def post(self, path: str, doc: dict[str, Any], **kw: Any) -> Answer:
-        return self.call("POST", path, json.dumps(doc).encode(), **kw)
-
-    def auth_key(self, user: str, password: str) -> bytes:
-        p = self.post("/api/user/auth-params", {"user": user}).json()
-        params = crypto.KdfParams(p["memory_kib"], p["iterations"], p["lanes"])
-        master = crypto.derive_master(password.encode(), base64.b64decode(p["salt"]), params)
-        return crypto.split_master(master).auth_key
-
-    def login(self, user: str, password: str = PASSWORD) -> Answer:
-        key = self.auth_key(user, password)
-        return self.post(
-            "/api/user/login", {"user": user, "auth_key": base64.b64encode(key).decode()}
-        )
-
-
-def blob_records(body: bytes) -> list[tuple[bytes, int, bytes]]:
-    out = []
-    at = 0
-    while at < len(body):
-        blob_id, status, length = RECORD.unpack_from(body, at)
-        at += RECORD.size
-        out.append((blob_id, status, body[at : at + length]))
-        at += length
-    return out
 
 
 @dataclass
