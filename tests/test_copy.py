@@ -9,23 +9,28 @@ with SIGKILL half-way completes on the next run, storing only what the destinati
 
 from __future__ import annotations
 
-import os
-import random
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conftest import Cli, Result, tree_state
+from conftest import Cli
+from copyfixtures import (
+    MiB,
+    blob_count,
+    has_pack,
+    make_tree,
+    one_line_error,
+    restored_equal,
+    same_records,
+    snapshots,
+    storage,
+)
 from netfixtures import NetCli, Server, finish, spawn
-
-MiB = 1024 * 1024
 
 
 @dataclass
@@ -34,22 +39,6 @@ class Net:
     alice: NetCli
     tmp: Path
     source: Path
-
-
-def make_tree(root: Path) -> None:
-    """~40 MiB that does not compress (several packs), small files, links, empty folders."""
-    rng = random.Random(12)
-    for i in range(5):
-        (root / "big").mkdir(parents=True, exist_ok=True)
-        (root / "big" / f"f{i}.bin").write_bytes(rng.randbytes(8 * MiB))
-    for d in range(6):
-        sub = root / f"dir{d}" / "inner"
-        sub.mkdir(parents=True)
-        for j in range(30):
-            (sub / f"s{j}.txt").write_bytes(f"file {d}/{j} ".encode() * rng.randint(1, 400))
-    (root / "empty").mkdir()
-    os.symlink("dir0/inner/s0.txt", root / "link")
-    (root / "big" / "f0.bin").chmod(0o600)
 
 
 @pytest.fixture(scope="module")
@@ -85,51 +74,6 @@ def to_server(net: Net, user: str) -> tuple[str, ...]:
 
 def fp(net: Net) -> dict[str, str]:
     return {"STRONGROOM_TO_FINGERPRINT": net.server.fingerprint}
-
-
-def snapshots(cli: Cli) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = cli.run("snapshots", "--json").json()
-    return rows
-
-
-def same_records(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
-    keys = ("id", "time_ns", "host", "username", "paths", "tags", "parent", "excludes", "stats")
-    assert [{k: s[k] for k in keys} for s in a] == [{k: s[k] for k in keys} for s in b]
-
-
-def restored_equal(cli: Cli, target: Path, source: Path, snapshot: str = "latest") -> None:
-    cli.restore(target, snapshot)
-    assert tree_state(target / source.name) == tree_state(source)
-
-
-def one_line_error(res: Result, *words: str) -> None:
-    assert res.returncode != 0
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert "Traceback" not in res.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
-def blob_count(index: Path) -> int:
-    db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0])
-    finally:
-        db.close()
-
-
-def storage(server: Server, user: str) -> Path:
-    users = server.admin("user", "list", "--json").json()
-    (sid,) = [u["storage_id"] for u in users if u["name"] == user]
-    return server.data_dir / "storage" / sid
-
-
-def has_pack(store: Path) -> bool:
-    for _dirpath, _dirs, names in os.walk(store / "packs"):
-        if any(not n.endswith(".tmp") for n in names):
-            return True
-    return False
 
 
 # ---- server -> local repository, incremental, nothing twice --------------------------------
