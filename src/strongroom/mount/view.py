@@ -39,8 +39,9 @@ from .layout import TOP, Layout
 
 REFRESH_INTERVAL = 5.0  # seconds between two looks at the snapshot list
 LISTING_REFRESH = 1.0  # ... when the root or snapshots/ is listed
-TREE_CACHE_ENTRIES = 400_000  # decoded directory entries kept in memory
+TREE_CACHE_ENTRIES = 200_000  # decoded directory entries kept in memory (~250 bytes each)
 READAHEAD = 6  # blobs fetched ahead of a sequential reader
+SEQUENTIAL_SLACK = 4 * 1024 * 1024
 LINK_WALK_TREES = 100_000  # folders visited at most to count a snapshot's hard links
 ROOT_INO = 1
 
@@ -416,7 +417,10 @@ class SnapshotView:
         if offset >= end:
             return b""
         with f.lock:
-            sequential, f.next_offset = offset == f.next_offset, end
+            # The kernel's read-ahead sends neighbouring reads from several threads, a little
+            # out of order: near where the last read ended still counts as sequential.
+            sequential = abs(offset - f.next_offset) <= SEQUENTIAL_SLACK
+            f.next_offset = end
         if f.data is None:
             return self._content(f, offset, end, sequential)
         out: list[bytes] = []
