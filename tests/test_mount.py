@@ -15,6 +15,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -341,9 +342,61 @@ def test_repo_mode(cli: Cli, tmp_path: Path) -> None:
         root = mount.path / "latest" / "data"
         assert _run("cat", str(root / "a.txt")) == "local\n"
         subprocess.run(["cmp", str(src / "b.bin"), str(root / "b.bin")], check=True, timeout=60)
+        # A backup into the repository while it is mounted shows up too.
+        (src / "a.txt").write_text("again\n")
+        cli.backup(src)
+        _wait_for(lambda: len(os.listdir(mount.path / "snapshots")) == 2, 20, "the snapshot")
+        assert (mount.path / "latest" / "data" / "a.txt").read_text() == "again\n"
     finally:
         assert mount.stop() == 0
     assert "repository" in mount.log.read_text()
+
+
+def test_damaged_blob_is_an_io_error(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "ok.txt").write_text("fine\n")
+    cli.backup(src)
+    (src / "bad.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    cli.backup(src)
+    # The largest pack holds bad.bin's blobs: damage it in the middle.
+    packs = [p for p in (cli.repo / "packs").rglob("*") if p.is_file()]
+    newest = max(packs, key=lambda p: p.stat().st_size)
+    raw = bytearray(newest.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    newest.write_bytes(bytes(raw))
+    mount = Mount(cli, tmp_path / "mp").start()
+    try:
+        root = mount.path / "latest" / "data"
+        res = subprocess.run(["cat", str(root / "bad.bin")], capture_output=True, timeout=60)
+        assert res.returncode != 0 and b"Input/output error" in res.stderr
+        assert (root / "ok.txt").read_text() == "fine\n"
+    finally:
+        assert mount.stop() == 0
+    log = mount.log.read_text()
+    assert "damaged" in log and "Traceback" not in log
+
+
+def test_other_users_only_with_allow_other(world: World) -> None:
+    """Without --allow-other nobody else gets in; with it, the stored modes decide."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to act as another user")
+    base = Path(tempfile.mkdtemp(prefix="strongroom-mount-"))  # reachable by everyone
+    os.chmod(base, 0o755)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
+    try:
+        for extra, readable in [((), False), (("--allow-other",), True)]:
+            mount = Mount(world.alice, base / "mp", *extra).start()
+            try:
+                docs = mount.path / "latest" / "src" / "docs"
+                public = subprocess.run([*nobody, str(docs / "note01.txt")], capture_output=True)
+                private = subprocess.run([*nobody, str(docs / "note03.txt")], capture_output=True)
+                assert (public.returncode == 0) is readable, public
+                assert private.returncode != 0 and b"Permission denied" in private.stderr
+            finally:
+                assert mount.stop() == 0
+    finally:
+        shutil.rmtree(base)
 
 
 def test_version_does_not_load_fuse() -> None:
