@@ -580,6 +580,9 @@ def test_tree_encoding_of_attributes_and_holes() -> None:
         {"xattrs": [["user.a", "not base64!"]]},
         {"xattrs": [["", "AA=="]]},
         {"xattrs": {"user.a": "AA=="}},
+        {"xattrs": [["user.a\0b", "AA=="]]},
+        {"xattrs": [["u" * 256, "AA=="]]},
+        {"flags": "ia"},
     ):
         broken = {**node.encode(), **bad}
         with pytest.raises(IntegrityError):

@@ -61,6 +61,8 @@ _UNSUPPORTED = frozenset(
 )
 _VANISHED = frozenset({errno.ENODATA, errno.ENOENT})
 
+XATTR_NAME_MAX = 255  # linux/limits.h
+XATTR_SIZE_MAX = 65536
 Pairs = list[list[str]]  # [[name, base64 value], ...] as a tree entry stores them
 
 
@@ -163,13 +165,25 @@ def decode_pairs(raw: Any) -> list[tuple[str, bytes]] | None:
         if not (isinstance(pair, list) and len(pair) == 2):
             return None
         name, value = pair
-        if not isinstance(name, str) or not name or not isinstance(value, str):
+        if not isinstance(name, str) or not isinstance(value, str) or not _plausible(name):
             return None
         try:
-            out.append((name, base64.b64decode(value, validate=True)))
+            raw_value = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             return None
+        if len(raw_value) > XATTR_SIZE_MAX:
+            return None
+        out.append((name, raw_value))
     return out
+
+
+def _plausible(name: str) -> bool:
+    """A name the kernel could have listed: 1 to 255 bytes, no NUL."""
+    try:
+        raw = os.fsencode(name)
+    except UnicodeError:
+        return False
+    return 0 < len(raw) <= XATTR_NAME_MAX and b"\0" not in raw
 
 
 def encode_pairs(pairs: list[tuple[str, bytes]]) -> Pairs:
