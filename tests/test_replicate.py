@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,13 +22,13 @@ from typing import Any
 
 import pytest
 
+from conftest import tree_state
 from copyfixtures import (
     MiB,
     blob_count,
     has_pack,
     make_tree,
     one_line_error,
-    restored_equal,
     same_records,
     snapshots,
     storage,
@@ -43,6 +44,7 @@ class Primary:
     dave: NetCli
     tmp: Path
     source: Path
+    state: dict[bytes, tuple[Any, ...]]  # the source as the first snapshot has it
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Primary]:
         dave = server.add_user("dave", tmp, password=PASSWORD, directory="/home/dave")
         server.admin("user", "set", "dave", "--quota", "2G", "--keep-daily", "7")
         dave.backup(source, extra=("--tag", "first"))
-        yield Primary(server, dave, tmp, source)
+        yield Primary(server, dave, tmp, source, tree_state(source))
     finally:
         server.kill()
 
@@ -84,19 +86,6 @@ def test_replica_restores_with_the_users_password(primary: Primary) -> None:
             data = Path(dirpath, name).read_bytes()
             assert marker not in data and b"inner" not in data, name
 
-    replica = Server(target).start()
-    try:
-        dave = replica_client(replica, primary)
-        same_records(snapshots(dave), snapshots(primary.dave))
-        assert "no errors: 1 snapshots" in dave.run("check", "--read-data").stdout
-        restored_equal(dave, primary.tmp / "restore-replica", primary.source)
-        users = replica.admin("user", "list", "--json").json()
-        assert [(u["name"], u["directory"], u["quota"]) for u in users] == [
-            ("dave", "/home/dave", 2 * 1024**3)
-        ]
-    finally:
-        replica.stop()
-
     # Changes on the primary: a new snapshot, a protection, a new password.
     (primary.source / "dir4" / "new.txt").write_text("after the first replica\n")
     primary.dave.backup(primary.source)
@@ -124,6 +113,10 @@ def test_replica_restores_with_the_users_password(primary: Primary) -> None:
 
     replica = Server(target).start()
     try:
+        users = replica.admin("user", "list", "--json").json()
+        assert [(u["name"], u["directory"], u["quota"]) for u in users] == [
+            ("dave", "/home/dave", 2 * 1024**3)
+        ]
         old = replica_client(replica, primary)
         one_line_error(old.run("snapshots", check=False), "password")
         dave = replica_client(replica, primary, "dave's second password")
@@ -131,6 +124,8 @@ def test_replica_restores_with_the_users_password(primary: Primary) -> None:
         same_records(rows, snapshots(primary.dave))
         assert [r["protected"] for r in rows] == [True]
         assert "no errors: 1 snapshots" in dave.run("check", "--read-data").stdout
+        dave.restore(primary.tmp / "restore-replica", first_id)
+        assert tree_state(primary.tmp / "restore-replica" / "data") == primary.state
     finally:
         replica.stop()
 
@@ -189,16 +184,16 @@ def test_bad_input(primary: Primary) -> None:
         server.admin("replicate", "dave", "--to", "backup.example.org:44000", check=False),
         "rsync",
     )
-    # Another dave, with backups of his own, is never overwritten.
-    other = Server(primary.tmp / "other-server").start()
-    try:
-        own = other.add_user("dave", primary.tmp / "other", password="another dave")
-        (primary.tmp / "tiny").mkdir()
-        (primary.tmp / "tiny" / "f").write_text("x")
-        own.backup(primary.tmp / "tiny")
-    finally:
-        other.stop()
-    one_line_error(
-        server.admin("replicate", "dave", "--to", str(other.data_dir), check=False),
-        "not a replica",
-    )
+    # Another dave is never overwritten: one replicated from another server (another mark),
+    # or one with backups of his own (no mark).
+    other = primary.tmp / "other-folder"
+    replicate(primary, "dave", other)
+    (store,) = [p for p in (other / "storage").iterdir() if p.is_dir()]
+    for value, error in ((b"0" * 32, "replica of another account"), (None, "not a replica")):
+        with sqlite3.connect(store / "index.sqlite") as db:
+            if value is None:
+                db.execute("DELETE FROM meta WHERE name = 'replica_of'")
+            else:
+                db.execute("UPDATE meta SET value = ? WHERE name = 'replica_of'", (value,))
+        db.close()
+        one_line_error(server.admin("replicate", "dave", "--to", str(other), check=False), error)

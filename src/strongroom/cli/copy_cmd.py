@@ -139,11 +139,14 @@ def copy_cmd(
                 idmap = IdMap(src.keys.id_key, dst.keys.id_key)
             try:
                 copier = Copier(src, dst, idmap)
-                copier.stats.skipped = skipped
-                for snap in todo:
-                    copier.copy(snap, src.repo_id)
-                    if not as_json:
-                        click.echo(f"copied snapshot {snap.short_id} of {_when(snap)}")
+                try:
+                    copier.stats.skipped = skipped
+                    for snap in todo:
+                        copier.copy(snap, src.repo_id)
+                        if not as_json:
+                            click.echo(f"copied snapshot {snap.short_id} of {_when(snap)}")
+                finally:
+                    copier.close()
             finally:
                 if idmap is not None:
                     idmap.close()
