@@ -110,15 +110,12 @@ def read_flags(fd: int, warnings: list[str], shown: str) -> int:
     """The settable file flags of an open descriptor (0 where the filesystem has none)."""
     if not FLAGS:
         return 0
-    import fcntl
-
     try:
-        raw = fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(_FLAGS_BUF.size))
+        return get_flags(fd) & SETTABLE
     except OSError as exc:
         if exc.errno not in _UNSUPPORTED:
             warnings.append(f"{shown}: cannot read file flags ({exc.strerror})")
         return 0
-    return int(_FLAGS_BUF.unpack(raw)[0]) & SETTABLE
 
 
 def read_attrs_fd(fd: int, shown: str) -> tuple[Pairs | None, int, list[str] | None]:
@@ -145,15 +142,35 @@ def read_dir_flags(path: str, warnings: list[str]) -> int:
         os.close(fd)
 
 
-def set_flags(fd: int, flags: int) -> None:
-    """Give an open file or folder these settable flags, keeping the filesystem's own."""
+def get_flags(fd: int) -> int:
+    """All the flags of an open file or folder (OSError where the filesystem has none)."""
     import fcntl
 
     raw = fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(_FLAGS_BUF.size))
-    current = int(_FLAGS_BUF.unpack(raw)[0])
+    return int(_FLAGS_BUF.unpack(raw)[0])
+
+
+def _put_flags(fd: int, flags: int) -> None:
+    import fcntl
+
+    fcntl.ioctl(fd, FS_IOC_SETFLAGS, _FLAGS_BUF.pack(flags))
+
+
+def set_flags(fd: int, flags: int) -> None:
+    """Give an open file or folder these settable flags, keeping the filesystem's own."""
+    current = get_flags(fd)
     wanted = (current & ~SETTABLE) | (flags & SETTABLE)
     if wanted != current:
-        fcntl.ioctl(fd, FS_IOC_SETFLAGS, _FLAGS_BUF.pack(wanted))
+        _put_flags(fd, wanted)
+
+
+def clear_locking(fd: int) -> bool:
+    """Clear the immutable and append-only flags of an open file or folder; True if it had any."""
+    current = get_flags(fd)
+    if not current & LOCKING:
+        return False
+    _put_flags(fd, current & ~LOCKING)
+    return True
 
 
 def decode_pairs(raw: Any) -> list[tuple[str, bytes]] | None:

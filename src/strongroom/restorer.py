@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from . import tree
 from .errors import IntegrityError, StrongroomError
+from .fsattrs import FLAGS, clear_locking
 from .pathsafe import is_safe_name, split_include
 from .repository import Repository
 from .restore_attrs import AttrWriter
@@ -447,6 +448,7 @@ class Restorer:
             except StrongroomError:
                 os.close(fd)
                 raise
+            _unlock(slot.fd, name)  # made immutable by an earlier restore into this target
         d.ident = (st.st_dev, st.st_ino)
         assert self._fds is not None
         self._fds.add(d, fd)
@@ -575,7 +577,12 @@ class Restorer:
             return os.open(job.path, flags, 0o600)
         slot = self._fds.acquire(job.dir)  # a dict lookup: no lookup of the path per blob
         try:
-            return os.open(job.node.name, flags, 0o600, dir_fd=slot.fd)
+            try:
+                return os.open(job.node.name, flags, 0o600, dir_fd=slot.fd)
+            except PermissionError:
+                if not flags & (os.O_WRONLY | os.O_RDWR) or not _unlock(slot.fd, job.node.name):
+                    raise
+                return os.open(job.node.name, flags, 0o600, dir_fd=slot.fd)
         finally:
             self._fds.release(slot)
 
@@ -817,6 +824,24 @@ class Restorer:
         self.result.notes.append(message)
         if self._note_cb is not None:
             self._note_cb(message)
+
+
+def _unlock(dir_fd: int, name: str) -> bool:
+    """Clear the immutable and append-only flags of a file or folder that an earlier restore
+    into this target left (this restore sets them again at the end). True if it had any."""
+    if not FLAGS:
+        return False
+    try:
+        fd = os.open(name, _FLAG_OPEN, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        mode = os.fstat(fd).st_mode
+        return (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) and clear_locking(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
