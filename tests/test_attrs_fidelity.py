@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from conftest import Cli, strongroom_exe
 from netfixtures import NetCli
-from strongroom import tree
+from strongroom import sparse, tree
 from strongroom.bundler import SMALL_FILE_LIMIT
 from strongroom.errors import IntegrityError
 from strongroom.sparse import MIN_HOLE, HoleMap, data_extents
@@ -618,3 +618,28 @@ def test_hole_map_places_every_byte(runs: list[tuple[int, int]], data: st.DataOb
     length = data.draw(st.integers(0, len(stream) - start))
     placed = [off + i for off, _s, n in hm.place(start, length) for i in range(n)]
     assert placed == stream[start : start + length]
+
+
+@pytest.mark.parametrize("preadv", [True, False], ids=["preadv", "pread"])
+def test_data_reader_reads_only_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preadv: bool
+) -> None:
+    if not preadv:
+        monkeypatch.setattr(sparse, "_PREADV", None)  # as on macOS
+    f = tmp_path / "sparse"
+    a, b = os.urandom(100_000), os.urandom(70_000)
+    with open(f, "wb") as fh:
+        fh.write(a)
+        fh.seek(4 * MiB)
+        fh.write(b)
+        fh.truncate(6 * MiB)
+    with open(f, "rb") as fh:
+        gaps = sparse.holes(fh.fileno(), 6 * MiB)
+        assert gaps and all(length >= MIN_HOLE for _s, length in gaps)
+        reader = sparse.DataReader(fh.fileno(), data_extents(gaps, 6 * MiB))
+        buf = bytearray(64 * 1024)
+        out = bytearray()
+        while n := reader.readinto(memoryview(buf)):
+            out += buf[:n]
+    # What is read is the data regions (whole blocks), the holes are skipped.
+    assert out.startswith(a) and b in out and len(out) < MiB

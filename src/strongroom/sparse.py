@@ -18,6 +18,7 @@ from collections.abc import Iterator
 MIN_HOLE = 64 * 1024
 _SEEK_DATA = getattr(os, "SEEK_DATA", None)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
+_PREADV = getattr(os, "preadv", None)
 
 Extent = tuple[int, int]  # (offset, length)
 
@@ -100,7 +101,12 @@ class DataReader:
                     self._pos = self._extents[self._i][0]
                 continue
             view = memoryview(buf)[:left]
-            n = os.preadv(self._fd, [view], self._pos)
+            if _PREADV is not None:
+                n = int(_PREADV(self._fd, [view], self._pos))
+            else:  # macOS: no preadv
+                data = os.pread(self._fd, len(view), self._pos)
+                n = len(data)
+                view[:n] = data
             if n == 0:  # the file shrank: the caller sees a short read and re-reads it later
                 self._i = len(self._extents)
                 return 0
