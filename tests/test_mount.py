@@ -308,13 +308,23 @@ def test_killed_mid_read_then_mounted_again(world: World, tmp_path: Path) -> Non
     assert "Traceback" not in mount.log.read_text()
 
 
-def test_server_restart_while_mounted(world: World, mounted: Mount, tmp_path: Path) -> None:
-    """A lost connection is made again: a snapshot made after the restart can be read."""
+def test_server_down_and_back_while_mounted(world: World, mounted: Mount) -> None:
+    """Without the server what was read stays readable and the list stays; once it is back
+    (a new connection is made) a snapshot made after the restart can be read."""
+    known = os.listdir(mounted.path / "snapshots")
     world.server.stop()
-    world.server.start()
+    try:
+        time.sleep(1.1)  # past the listing's refresh interval: the next listing asks
+        start = time.monotonic()
+        assert os.listdir(mounted.path / "snapshots") == known
+        assert time.monotonic() - start < 10
+        assert (mounted.path / "latest" / "src" / "docs" / "note01.txt").read_text()
+    finally:
+        world.server.start()
+    assert "could not refresh the snapshot list" in mounted.log.read_text()
     (world.src / "after-restart.txt").write_text("still here\n")
     world.alice.backup(world.src, extra=("--tag", "third"))
-    (name,) = _wait_for_list(mounted.path / "tags" / "third", 20)
+    (name,) = _wait_for_list(mounted.path / "tags" / "third", 30)
     path = mounted.path / "snapshots" / name / "src" / "after-restart.txt"
     assert path.read_text() == "still here\n"
     assert "logged in again" in mounted.log.read_text()

@@ -2,13 +2,15 @@
 
 A mount lives for hours; the server drops a connection that stays idle (its idle timeout) and
 may restart. A request that fails because the connection is gone is retried once on a new
-one, made with the password read at start (held in memory, as the keys are). Anything else,
-a damaged blob or a refusal by the server, is the caller's error as it stands.
+one, made with the password read at start (held in memory, as the keys are); after a failed
+login, requests fail at once for a few seconds instead of each waiting for a dead server.
+Anything else, a damaged blob or a refusal by the server, is the caller's error as it stands.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -17,6 +19,8 @@ from ..repository import Repository
 from ..store import SnapshotRow
 
 T = TypeVar("T")
+
+RETRY_AFTER = 5.0  # seconds before another login after one failed
 
 
 class RepoAccess:
@@ -31,6 +35,8 @@ class RepoAccess:
         self.warn = warn or (lambda _msg: None)
         self._lock = threading.Lock()
         self.reconnects = 0
+        self._failed: tuple[float, StrongroomError] | None = None  # the last failed login
+        self._closed: Repository | None = None  # closed by us; a login must replace it
 
     @property
     def repo(self) -> Repository:
@@ -38,6 +44,8 @@ class RepoAccess:
 
     def call(self, fn: Callable[[Repository], T]) -> T:
         repo = self._repo
+        if repo is self._closed:  # the last login failed: try again, never use the closed one
+            return fn(self._reconnect(repo))
         try:
             return fn(repo)
         except IntegrityError:
@@ -49,12 +57,22 @@ class RepoAccess:
 
     def _reconnect(self, old: Repository) -> Repository:
         with self._lock:
-            if self._repo is old:  # else another thread has already reconnected
-                assert self._reopen is not None
+            if self._repo is not old:  # another thread has already reconnected
+                return self._repo
+            if self._failed is not None and time.monotonic() - self._failed[0] < RETRY_AFTER:
+                raise self._failed[1]  # a server that is down: fail fast, not once per read
+            assert self._reopen is not None
+            if self._closed is not old:
                 old.close()
+                self._closed = old
+            try:
                 self._repo = self._reopen()
-                self.reconnects += 1
-                self.warn("the connection to the server was lost; logged in again")
+            except StrongroomError as exc:
+                self._failed = (time.monotonic(), exc)
+                raise
+            self._failed = None
+            self.reconnects += 1
+            self.warn("the connection to the server was lost; logged in again")
             return self._repo
 
     def read_stored(self, blob_ids: list[bytes]) -> list[tuple[bytes, bytes]]:
