@@ -123,6 +123,8 @@ def _make_tree(src: Path) -> None:
     (src / os.fsdecode(b"bad-\xff-name")).write_text("not utf-8\n")
     os.utime(src / "docs" / "note04.txt", ns=(1_000_000_000, 1_234_567_890_123_456_789))
     os.setxattr(src / "docs" / "note05.txt", "user.colour", b"blue")
+    if shutil.which("setfacl"):  # a POSIX ACL, stored as system.posix_acl_access
+        subprocess.run(["setfacl", "-m", "u:65534:r", str(src / "docs" / "note06.txt")], check=True)
     with open(src / "sparse.img", "wb") as fh:
         fh.write(b"start")
         fh.seek(2 * 1024 * 1024)
@@ -219,6 +221,14 @@ def test_everything_matches_a_restore(world: World, mounted: Mount) -> None:
     assert "user.colour" in os.listxattr(root / "docs" / "note05.txt")
     with pytest.raises(OSError):
         os.getxattr(root / "docs" / "note06.txt", "user.colour")
+    sparse = os.stat(root / "sparse.img")
+    assert sparse.st_size > 2 * 1024 * 1024 and sparse.st_blocks * 512 < 1024 * 1024
+    if shutil.which("getfacl"):
+        acls = [
+            _run("getfacl", "-n", "--omit-header", str(base / "docs" / "note06.txt"))
+            for base in (restored, root)
+        ]
+        assert "user:65534:r--" in acls[0] and acls[0] == acls[1]
 
 
 def test_new_snapshot_appears_while_a_file_is_read(

@@ -170,6 +170,8 @@ def test_reads_at_any_offset(view: SnapshotView, repo_world: tuple[Cli, Path]) -
     view.release(fh)
     node = view.lookup(f"{base}/sparse").node
     assert node is not None and node.holes  # stored without its hole, read back with zeros
+    sparse = view.getattr(f"{base}/sparse")
+    assert sparse.size == 3 * 1024 * 1024 + 4 and sparse.blocks * 512 < 1024 * 1024
     for rel in ["empty", "sub/small7.txt", "hard", "sparse"]:
         assert _read_all(view, f"{base}/{rel}", 65536) == (src / rel).read_bytes(), rel
     with pytest.raises(OSError) as info:

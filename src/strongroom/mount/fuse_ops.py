@@ -35,7 +35,8 @@ _INSTALL = "install libfuse 3 (Debian/Ubuntu: apt-get install fuse3)"
 
 def load_binding() -> ModuleType:
     """mfusepy on libfuse 3, or a one-line error saying what is missing."""
-    if not os.environ.get("FUSE_LIBRARY_PATH"):
+    if sys.platform.startswith("linux") and not os.environ.get("FUSE_LIBRARY_PATH"):
+        # Elsewhere (macFUSE, WinFsp) mfusepy finds the library itself; only Linux is tested.
         lib = ctypes.util.find_library("fuse3")
         if lib is None:
             raise StrongroomError(f"FUSE is not available: libfuse 3 is not installed; {_INSTALL}")
@@ -134,7 +135,7 @@ class FuseOps:
             "st_uid": a.uid,
             "st_gid": a.gid,
             "st_size": a.size,
-            "st_blocks": (a.size + 511) // 512,
+            "st_blocks": a.blocks,
             "st_rdev": a.rdev,
             "st_mtime": a.mtime_ns,
             "st_atime": a.mtime_ns,
@@ -156,7 +157,7 @@ class FuseOps:
         return 0
 
     def open(self, path: str, flags: int) -> int:
-        if flags & os.O_ACCMODE != os.O_RDONLY:
+        if flags & getattr(os, "O_ACCMODE", 3) != os.O_RDONLY:
             raise self._fuse.FuseOSError(errno.EROFS)
         fh: int = self._call(self.view.open, path)
         return fh

@@ -68,6 +68,12 @@ class Attr:
     ctime_ns: int = 0
     nlink: int = 1
     rdev: int = 0
+    stored: int = -1  # bytes that are data (a sparse file's size without its holes); -1: size
+
+    @property
+    def blocks(self) -> int:
+        """512-byte blocks, as `du` counts them: holes take none."""
+        return ((self.size if self.stored < 0 else self.stored) + 511) // 512
 
     @property
     def st_mode(self) -> int:
@@ -302,6 +308,7 @@ class SnapshotView:
             node.ctime_ns,
             nlink,
             node.device,
+            size - sum(length for _start, length in node.holes),
         )
 
     def getattr(self, path: str) -> Attr:
