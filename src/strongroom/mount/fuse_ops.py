@@ -203,7 +203,10 @@ def serve(
         "fsname": "strongroom",
         "subtype": "strongroom",
         "use_ino": True,  # our inode numbers: hard links share one
-        "kernel_cache": True,  # snapshot contents never change
+        # The kernel keeps what it read across opens while a file's mtime and size stay (a
+        # snapshot's files never change; a path whose snapshot was forgotten and whose name
+        # went to another one in the same second is read again).
+        "auto_cache": True,
     }
     if allow_other:
         # Others see only what the stored modes and owners allow them.
