@@ -68,8 +68,9 @@ def storage(server: Server, user: str) -> Path:
     return server.data_dir / "storage" / sid
 
 
-def has_pack(store: Path) -> bool:
-    for _dirpath, _dirs, names in os.walk(store / "packs"):
-        if any(not n.endswith(".tmp") for n in names):
-            return True
-    return False
+def has_indexed_blobs(store: Path) -> bool:
+    """Whether a pack of this store is durable and indexed (what a kill must not lose)."""
+    try:
+        return blob_count(store / "index.sqlite") > 0
+    except sqlite3.Error:  # not created yet, or busy being created
+        return False

@@ -22,7 +22,7 @@ from conftest import Cli
 from copyfixtures import (
     MiB,
     blob_count,
-    has_pack,
+    has_indexed_blobs,
     make_tree,
     one_line_error,
     restored_equal,
@@ -137,9 +137,9 @@ def test_account_to_account_killed_and_resumed(net: Net) -> None:
     env = {**copy_env("carol's password"), **fp(net)}
     proc = spawn_with(net.alice, env, *args)
     deadline = time.monotonic() + 60
-    while proc.poll() is None and not has_pack(store) and time.monotonic() < deadline:
+    while proc.poll() is None and not has_indexed_blobs(store) and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert proc.poll() is None, "the copy ended before a pack was stored; make the tree larger"
+    assert proc.poll() is None, "the copy ended before a pack was indexed; make the tree larger"
     proc.send_signal(signal.SIGKILL)
     assert finish(proc).returncode == -signal.SIGKILL
     assert snapshots(carol) == []  # nothing half-visible

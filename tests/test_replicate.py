@@ -26,7 +26,7 @@ from conftest import tree_state
 from copyfixtures import (
     MiB,
     blob_count,
-    has_pack,
+    has_indexed_blobs,
     make_tree,
     one_line_error,
     same_records,
@@ -123,9 +123,23 @@ def test_replica_restores_with_the_users_password(primary: Primary) -> None:
         rows = snapshots(dave)
         same_records(rows, snapshots(primary.dave))
         assert [r["protected"] for r in rows] == [True]
-        assert "no errors: 1 snapshots" in dave.run("check", "--read-data").stdout
         dave.restore(primary.tmp / "restore-replica", first_id)
         assert tree_state(primary.tmp / "restore-replica" / "data") == primary.state
+
+        # The replica has the same keys: `strongroom copy` into it moves blobs as they are
+        # stored, and trees keep their IDs.
+        (primary.source / "dir5" / "copied.txt").write_text("copied, not replicated\n")
+        primary.dave.backup(primary.source)
+        to = ("--to-server", replica.address, "--to-user", "dave")
+        env = {
+            "STRONGROOM_TO_FINGERPRINT": replica.fingerprint,
+            "STRONGROOM_TO_PASSWORD": "dave's second password",
+        }
+        copied = primary.dave.run("copy", *to, "--json", env=env).json()
+        assert len(copied["copied"]) == 1 and copied["trees_rewritten"] == 0
+        assert 0 < copied["bytes_stored"] < MiB
+        same_records(snapshots(dave), snapshots(primary.dave))
+        assert "no errors: 2 snapshots" in dave.run("check", "--read-data").stdout
     finally:
         replica.stop()
 
@@ -145,11 +159,11 @@ def test_replicate_killed_and_resumed(primary: Primary) -> None:
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         if (target / "storage").is_dir() and any(
-            has_pack(p) for p in (target / "storage").iterdir()
+            has_indexed_blobs(p) for p in (target / "storage").iterdir()
         ):
             break
         time.sleep(0.005)
-    assert proc.poll() is None, "replicate ended before a pack was stored"
+    assert proc.poll() is None, "replicate ended before a pack was indexed"
     proc.send_signal(signal.SIGKILL)
     assert finish(proc).returncode == -signal.SIGKILL
 

@@ -124,6 +124,7 @@ def copy_cmd(
     except StrongroomError as exc:
         raise _side("source", exc) from None
     try:
+        wanted = _chosen(load_snapshots(src), snapshots)  # before a password is asked
         try:
             dst = open_destination(to)
         except StrongroomError as exc:
@@ -131,7 +132,6 @@ def copy_cmd(
         try:
             if src.repo_id == dst.repo_id:
                 raise UsageError("source and destination are the same repository")
-            wanted = _chosen(load_snapshots(src), snapshots)
             have = {s.id for s in load_snapshots(dst)}
             todo, skipped = select(wanted, have)
             idmap = None
