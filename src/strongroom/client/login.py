@@ -137,7 +137,8 @@ def login(
         _check_keys(keys, pin, transport.address)
         fresh = new_password()
         made = RecoveryKey.generate() if keyfile is None and recovery.made else None
-        # The recovery wrapping is kept as it was: the recovery key still opens these keys.
+        # New keys get a recovery key; existing ones keep their recovery wrapping as it was
+        # (it seals these same keys, so the user's recovery key keeps working).
         kept = made.wrap(keys) if made else (keyfile.recovery if keyfile else None)
         keyfile = create_keyfile(fresh, keys, wrap_kdf, recovery=kept)
         expect(transport.call(m.SetKeyFile(keyfile.to_json().encode()), 60), m.Ok, "SET_KEYFILE")
