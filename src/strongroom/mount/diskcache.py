@@ -76,14 +76,19 @@ class DiskCache:
             with open(path, "rb") as fh:
                 data = fh.read()
             os.utime(path)  # least recently used order survives a restart
-        except OSError:
-            self.discard(blob_id)
+        except OSError:  # being written by another thread, or removed: fetch it instead
             return None
         return data
 
     def put(self, blob_id: bytes, stored: bytes) -> None:
         if len(stored) > self.max_bytes:
             return
+        with self._lock:
+            # Room is made before the file is written, so the folder never holds more than
+            # the bound, even when the process is killed between the two.
+            self.total += len(stored) - self._sizes.pop(blob_id, 0)
+            self._evict()
+            self._sizes[blob_id] = len(stored)
         path = self._file(blob_id)
         tmp = self.path / f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
         try:
@@ -96,12 +101,8 @@ class DiskCache:
                 tmp.unlink(missing_ok=True)
                 raise
             os.replace(tmp, path)
-        except OSError:
-            return  # a full or read-only disk only costs speed
-        with self._lock:
-            self.total += len(stored) - self._sizes.pop(blob_id, 0)
-            self._sizes[blob_id] = len(stored)
-            self._evict()
+        except OSError:  # a full or read-only disk only costs speed
+            self.discard(blob_id)
 
     def discard(self, blob_id: bytes) -> None:
         """Forget a blob whose file is gone or damaged."""
