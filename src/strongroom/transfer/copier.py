@@ -41,7 +41,10 @@ from .idmap import IdMap
 
 READ_BATCH = 1024  # blob IDs per read request (the answer is streamed, not held)
 TREE_BATCH = 256  # trees per read while walking
-MAP_BATCH = 4096  # ID-map rows written per transaction
+# ID-map rows are written every MAP_BATCH rows or MAP_BYTES of blobs read: a killed copy
+# reads again at most about that much to learn IDs it had already learned.
+MAP_BATCH = 4096
+MAP_BYTES = 32 * 1024 * 1024
 WORKERS = min(4, os.cpu_count() or 1)
 
 T = TypeVar("T")
@@ -85,6 +88,7 @@ class Copier:
         self._dst_hash = dst.keys.hasher()
         self._have = dst.known_blob_ids()
         self._new_pairs: list[tuple[bytes, bytes]] = []
+        self._unsaved_bytes = 0
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="copy")
 
@@ -106,7 +110,9 @@ class Copier:
         try:
             if not manifest <= ready:
                 reached = self._walk(root, ready, dmap, prune=True)
-                if not manifest <= ready:  # something below a subtree the destination has
+                if not manifest <= ready | reached:
+                    # Something the destination lacks below a subtree it has (say, GC took
+                    # it from an interrupted copy): walk again, into every subtree.
                     reached |= self._walk(root, ready, dmap, prune=False)
                 if not reached <= manifest:
                     raise IntegrityError(
@@ -181,14 +187,14 @@ class Copier:
         most WORKERS * 2 blobs in flight."""
         if not ids:
             return
-        for sid, did in ordered_map(self._pool, self._convert, self.src.read_blobs(ids)):
+        for sid, did, size in ordered_map(self._pool, self._convert, self.src.read_blobs(ids)):
             if self.rewrite:
                 dmap[sid] = did
-                self._remember(sid, did)
+                self._remember(sid, did, size)
             ready.add(sid)
         self._save_pairs()  # a copy killed now need not read these again
 
-    def _convert(self, item: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    def _convert(self, item: tuple[bytes, bytes]) -> tuple[bytes, bytes, int]:
         sid, stored = item
         self._count_read(stored)
         codec = self.src.codecs.get()
@@ -198,7 +204,7 @@ class Copier:
         if self.reseal or did != sid:
             stored = crypto.seal(self._dst_aead, body, did)
         self._store(did, BlobType.DATA, stored)
-        return sid, did
+        return sid, did, len(stored)
 
     # ---- rewriting trees children first ---------------------------------------------------
 
@@ -256,15 +262,17 @@ class Copier:
     def close(self) -> None:
         self._pool.shutdown()
 
-    def _remember(self, sid: bytes, did: bytes) -> None:
+    def _remember(self, sid: bytes, did: bytes, size: int = 0) -> None:
         self._new_pairs.append((sid, did))
-        if len(self._new_pairs) >= MAP_BATCH:
+        self._unsaved_bytes += size
+        if len(self._new_pairs) >= MAP_BATCH or self._unsaved_bytes >= MAP_BYTES:
             self._save_pairs()
 
     def _save_pairs(self) -> None:
         if self.idmap is not None and self._new_pairs:
             self.idmap.record(self._new_pairs)
         self._new_pairs = []
+        self._unsaved_bytes = 0
 
 
 def rewrite_tree(raw: bytes, new_id: Callable[[bytes], bytes]) -> bytes:
