@@ -239,33 +239,81 @@ def tree_vectors(keys: RepoKeys) -> tuple[list[dict[str, Any]], list[dict[str, A
         ),
         Node("null", "chardev", mode=0o20666, device=259),
     ]
-    raw = encode_tree(nodes)
-    tree_id = codec.hash(raw)
-    good = [
-        {
-            "name": "every entry type",
-            "id": tree_id.hex(),
-            "stored": b64(codec.encode(tree_id, raw)),
-            "json": raw.decode("ascii"),
-            "entries": [
-                {
-                    "name": n.name,
-                    "type": n.type,
-                    "mode": n.mode,
-                    "mtime_ns": str(n.mtime_ns),
-                    "size": n.size,
-                    "content": [[r.blob_id.hex(), r.offset, r.length] for r in n.content],
-                    "subtree": n.subtree.hex() if n.subtree else None,
-                    "target": n.target,
-                }
-                for n in sorted(nodes, key=lambda n: os.fsencode(n.name))
-            ],
-        }
+    sparse_nodes = [
+        Node(
+            "disk.img",
+            "file",
+            mode=0o100644,
+            size=1_000_000,
+            content=[ContentRef(chunk, 0, 100), ContentRef(chunk, 100, 50)],
+            holes=[(0, 200_000), (200_050, 799_900)],
+            xattrs=[["user.comment", base64.b64encode(b"a sparse one").decode()]],
+            flags=0x80,
+        ),
+        Node("plain", "file", mode=0o100644, size=0, xattrs=[["user.a", ""]]),
     ]
+    good = []
+    for name, tree_nodes in (
+        ("every entry type", nodes),
+        ("a sparse file, attributes and flags (v2)", sparse_nodes),
+    ):
+        raw = encode_tree(tree_nodes)
+        tree_id = codec.hash(raw)
+        good.append(
+            {
+                "name": name,
+                "id": tree_id.hex(),
+                "stored": b64(codec.encode(tree_id, raw)),
+                "json": raw.decode("ascii"),
+                "entries": [
+                    {
+                        "name": n.name,
+                        "type": n.type,
+                        "mode": n.mode,
+                        "mtime_ns": str(n.mtime_ns),
+                        "size": n.size,
+                        "content": [[r.blob_id.hex(), r.offset, r.length] for r in n.content],
+                        "subtree": n.subtree.hex() if n.subtree else None,
+                        "target": n.target,
+                        "holes": [list(h) for h in n.holes],
+                    }
+                    for n in sorted(tree_nodes, key=lambda n: os.fsencode(n.name))
+                ],
+            }
+        )
+    assert '"v":2' in good[1]["json"] and '"v":1' in good[0]["json"]
     bad = []
     for name, text, error in (
         ("not JSON", b"{entries", "not valid JSON"),
-        ("another version", b'{"entries":[],"v":2}', "unsupported version"),
+        ("another version", b'{"entries":[],"v":3}', "unsupported version"),
+        (
+            "holes that touch",
+            b'{"entries":[{"holes":[[0,70000],[70000,70000]],"name":"x","size":200000,'
+            b'"type":"file"}],"v":2}',
+            "malformed holes",
+        ),
+        (
+            "a hole past the end",
+            b'{"entries":[{"holes":[[0,300000]],"name":"x","size":200000,"type":"file"}],"v":2}',
+            "malformed holes",
+        ),
+        (
+            "holes in a folder",
+            b'{"entries":[{"holes":[[0,1]],"name":"x","size":2,"subtree":"'
+            + b"ab" * 32
+            + b'","type":"dir"}],"v":2}',
+            "malformed holes",
+        ),
+        (
+            "an extended attribute that is not base64",
+            b'{"entries":[{"name":"x","type":"file","xattrs":[["user.a","***"]]}],"v":1}',
+            "malformed extended attributes",
+        ),
+        (
+            "an extended attribute without a name",
+            b'{"entries":[{"name":"x","type":"file","xattrs":[["","AA=="]]}],"v":1}',
+            "malformed extended attributes",
+        ),
         ("entries not a list", b'{"entries":{},"v":1}', "malformed list"),
         ("an entry without a name", b'{"entries":[{"type":"file"}],"v":1}', "lacks"),
         ("an unknown type", b'{"entries":[{"name":"x","type":"door"}],"v":1}', "unknown type"),
@@ -411,6 +459,11 @@ def make_source(src: Path) -> None:
     for i in range(12):
         (src / "docs" / f"note-{i:02d}.txt").write_text(f"note {i}\n" * (i * 37 + 1))
     os.symlink("docs/deep/deeper/bottom.txt", src / "shortcut")
+    with open(src / "sparse.img", "wb") as f:  # data, a 1 MiB hole, data, a hole at the end
+        f.write(rng.randbytes(5000))
+        f.seek(5000 + 1024 * 1024)
+        f.write(rng.randbytes(7000))
+        f.truncate(3 * 1024 * 1024)
 
 
 def repository_vector(work: Path) -> dict[str, Any]:

@@ -274,7 +274,7 @@ async function browse(s: Snapshot, path: string[]): Promise<void> {
 }
 
 function rootEntry(s: Snapshot): Entry {
-  return { name: "", type: "dir", mode: 0o755, mtimeNs: s.timeNs, size: 0, content: [], subtree: s.tree, target: null, hardlink: null };
+  return { name: "", type: "dir", mode: 0o755, mtimeNs: s.timeNs, size: 0, content: [], subtree: s.tree, target: null, hardlink: null, holes: [] };
 }
 
 // ---- search ------------------------------------------------------------------------------

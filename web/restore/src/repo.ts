@@ -15,6 +15,8 @@ const BATCH_BLOBS = 16;
 const CACHE_BYTES = 32 * 1024 * 1024; // decoded blobs kept for small files (bundles)
 const CACHE_BLOB_MAX = 2 * 1024 * 1024;
 const TREE_CACHE = 4096;
+const DECODING = 4;
+const ZEROS = new Uint8Array(1024 * 1024);
 
 export interface SnapshotItem {
   snapshot: Snapshot | null; // null: it did not open (the error says why)
@@ -97,6 +99,9 @@ export class Reader {
    * one missing, repeated or not asked for is an error, never a hole in a file. */
   async *blobs(ids: string[], signal?: AbortSignal): AsyncGenerator<[string, Uint8Array]> {
     const want = new Set(ids);
+    // Up to DECODING blobs are decrypted at once (WebCrypto works off the page's thread) while
+    // the next ones arrive and earlier ones are hashed; they are yielded in arrival order.
+    const decoding: Promise<[string, Uint8Array]>[] = [];
     for (let i = 0; i < ids.length; i += MAX_IDS) {
       const part = ids.slice(i, i + MAX_IDS);
       for await (const [id, stored] of this.api.readBlobs(part.map(fromHex), signal)) {
@@ -104,9 +109,13 @@ export class Reader {
         if (!want.delete(hex)) {
           throw new IntegrityError(`the server sent blob ${hex.slice(0, 16)}, which was not asked for (or twice)`);
         }
-        yield [hex, await decodeBlob(this.keys, id, stored)];
+        const decoded = decodeBlob(this.keys, id, stored).then((plain): [string, Uint8Array] => [hex, plain]);
+        decoded.catch(() => undefined); // awaited below; not an unhandled rejection meanwhile
+        decoding.push(decoded);
+        if (decoding.length >= DECODING) yield await (decoding.shift() as Promise<[string, Uint8Array]>);
       }
     }
+    while (decoding.length) yield await (decoding.shift() as Promise<[string, Uint8Array]>);
     if (want.size) {
       throw new IntegrityError(`${want.size} blob(s) were not received from the server`);
     }
@@ -184,52 +193,80 @@ export class Reader {
     }
   }
 
-  /** A file's content, fetched and verified a batch of blobs at a time, one batch ahead. */
+  /** A file's content, fetched and verified a batch of blobs at a time, one batch ahead; a
+   * sparse file's holes come out as zeros between its data. */
   fileStream(entry: Entry, what: string, signal?: AbortSignal): ReadableStream<Uint8Array> {
-    const batches = batchRefs(entry.content);
-    const small = entry.size < 128 * 1024; // small files share bundles: keep those decoded
-    let next = 0;
-    let written = 0;
-    let ahead: Promise<Map<string, Uint8Array>> | null = null;
     const stop = new AbortController(); // a cancelled stream stops its reads in flight
     signal?.addEventListener("abort", () => stop.abort(), { once: true });
-    const load = (refs: ContentRef[]) => {
-      const p = this.load(refs, small, stop.signal);
-      p.catch(() => undefined); // awaited later; not an unhandled rejection meanwhile
-      return p;
-    };
+    const chunks = this.fileChunks(entry, what, stop.signal);
     return new ReadableStream<Uint8Array>(
       {
         pull: async (controller) => {
-          if (next >= batches.length) {
-            if (written !== entry.size) {
-              throw new IntegrityError(
-                `${what}: its content adds up to ${written} bytes, but its size is ${entry.size}`,
-              );
-            }
-            controller.close();
-            return;
-          }
-          const refs = batches[next];
-          const current = ahead ?? load(refs);
-          next++;
-          ahead = next < batches.length ? load(batches[next]) : null;
-          const blobs = await current;
-          for (const ref of refs) {
-            const blob = blobs.get(ref.id) as Uint8Array;
-            if (ref.offset + ref.length > blob.length) {
-              throw new IntegrityError(
-                `${what}: a content reference runs past the end of blob ${ref.id.slice(0, 16)}`,
-              );
-            }
-            if (ref.length) controller.enqueue(blob.subarray(ref.offset, ref.offset + ref.length));
-            written += ref.length;
-          }
+          const { value, done } = await chunks.next();
+          if (done) controller.close();
+          else controller.enqueue(value);
         },
-        cancel: () => stop.abort(),
+        cancel: async () => {
+          stop.abort();
+          await chunks.return(undefined).catch(() => undefined);
+        },
       },
       new CountQueuingStrategy({ highWaterMark: 1 }),
     );
+  }
+
+  private async *fileChunks(entry: Entry, what: string, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+    const batches = batchRefs(entry.content);
+    const small = entry.size < 128 * 1024; // small files share bundles: keep those decoded
+    const holes = entry.holes;
+    let hole = 0; // the next hole
+    let written = 0;
+    const load = (refs: ContentRef[]) => {
+      const p = this.load(refs, small, signal);
+      p.catch(() => undefined); // awaited later; not an unhandled rejection meanwhile
+      return p;
+    };
+    const tooLong = () =>
+      new IntegrityError(`${what}: its content adds up to more than its size, ${entry.size} bytes`);
+    function* zeros(): Generator<Uint8Array> {
+      // The hole that starts here, if one does, as zeros (one shared, never written, buffer).
+      if (hole < holes.length && holes[hole][0] === written) {
+        let left = holes[hole][1];
+        while (left > 0) {
+          const n = Math.min(left, ZEROS.length);
+          yield ZEROS.subarray(0, n);
+          left -= n;
+          written += n;
+        }
+        hole++;
+      }
+    }
+    let ahead: Promise<Map<string, Uint8Array>> | null = null;
+    for (let i = 0; i < batches.length; i++) {
+      const current = ahead ?? load(batches[i]);
+      ahead = i + 1 < batches.length ? load(batches[i + 1]) : null;
+      const blobs = await current;
+      for (const ref of batches[i]) {
+        const blob = blobs.get(ref.id) as Uint8Array;
+        if (ref.offset + ref.length > blob.length) {
+          throw new IntegrityError(`${what}: a content reference runs past the end of blob ${ref.id.slice(0, 16)}`);
+        }
+        let piece = blob.subarray(ref.offset, ref.offset + ref.length);
+        while (piece.length) {
+          yield* zeros();
+          const room = hole < holes.length ? holes[hole][0] - written : Infinity;
+          const take = Math.min(piece.length, room);
+          if (written + take > entry.size) throw tooLong();
+          yield piece.subarray(0, take);
+          written += take;
+          piece = piece.subarray(take);
+        }
+      }
+    }
+    yield* zeros(); // a hole at the end
+    if (written !== entry.size || hole !== holes.length) {
+      throw new IntegrityError(`${what}: its content adds up to ${written} bytes, but its size is ${entry.size}`);
+    }
   }
 
   private async load(refs: ContentRef[], cache: boolean, signal?: AbortSignal): Promise<Map<string, Uint8Array>> {

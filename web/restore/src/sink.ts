@@ -176,15 +176,27 @@ function workerSink(sw: ServiceWorker, target: Target): Promise<WritableStream<U
   });
 }
 
+/** The file as a Blob, grown 16 MiB at a time: each part becomes a Blob at once (browsers keep
+ * large Blobs on disk, Chromium and Firefox do), so the page holds at most one part. */
 function memorySink(target: Target): WritableStream<Uint8Array> {
-  const parts: Uint8Array[] = [];
+  let parts: Blob[] = [];
+  let pending: Uint8Array[] = [];
+  let pendingBytes = 0;
+  const flush = () => {
+    if (pending.length) parts.push(new Blob(pending as BlobPart[]));
+    pending = [];
+    pendingBytes = 0;
+  };
   return new WritableStream<Uint8Array>({
     write(chunk) {
-      parts.push(chunk);
+      pending.push(chunk.slice()); // a copy: the chunk may be a view of a larger cached blob
+      pendingBytes += chunk.length;
+      if (pendingBytes >= 16 * 1024 * 1024) flush();
     },
     close() {
-      const url = URL.createObjectURL(new Blob(parts as BlobPart[], { type: target.type }));
-      parts.length = 0;
+      flush();
+      const url = URL.createObjectURL(new Blob(parts, { type: target.type }));
+      parts = [];
       const link = document.createElement("a");
       link.href = url;
       link.download = target.name;
@@ -195,7 +207,8 @@ function memorySink(target: Target): WritableStream<Uint8Array> {
       setTimeout(() => URL.revokeObjectURL(url), 60000);
     },
     abort() {
-      parts.length = 0;
+      parts = [];
+      pending = [];
     },
   });
 }

@@ -16,20 +16,9 @@ export interface Snapshot {
   tags: string[];
   excludes: string[];
   stats: Record<string, number>;
+  origin: Record<string, unknown> | null; // set on copies made by `strongroom copy`
 }
 
-const FIELDS = new Set([
-  "id",
-  "time_ns",
-  "host",
-  "username",
-  "paths",
-  "tree",
-  "parent",
-  "tags",
-  "excludes",
-  "stats",
-]);
 const REQUIRED = ["id", "time_ns", "host", "username", "paths", "tree"];
 
 export function isSnapshotId(text: unknown): text is string {
@@ -54,7 +43,7 @@ export async function openSnapshot(keys: RepoKeys, snapId: string, record: Uint8
     const o = obj as Record<string, unknown>;
     if (!("v" in o)) throw new TypeError("no version");
     if (o.v !== 1) throw new IntegrityError(`${what} has an unsupported version`);
-    for (const key of Object.keys(o)) if (key !== "v" && !FIELDS.has(key)) throw new TypeError(key);
+    // Fields a later version may add are ignored (the record is authenticated as a whole).
     for (const key of REQUIRED) if (!(key in o)) throw new TypeError(key);
     if (typeof o.time_ns !== "number" || typeof o.host !== "string" || typeof o.username !== "string") {
       throw new TypeError("fields");
@@ -75,12 +64,16 @@ export async function openSnapshot(keys: RepoKeys, snapId: string, record: Uint8
       tags: o.tags === undefined ? [] : strings(o.tags),
       excludes: o.excludes === undefined ? [] : strings(o.excludes),
       stats,
+      origin: (o.origin ?? null) as Record<string, unknown> | null,
     };
   } catch (err) {
     if (err instanceof IntegrityError) throw err;
     throw new IntegrityError(`${what} is malformed`);
   }
   if (snap.id !== snapId) throw new IntegrityError(`${what} was swapped with another`);
+  if (snap.origin !== null && (typeof snap.origin !== "object" || Array.isArray(snap.origin))) {
+    throw new IntegrityError(`${what} has a malformed origin`);
+  }
   if (!isHex(snap.tree, 64)) throw new IntegrityError(`${what} has a malformed tree ID`);
   return snap;
 }

@@ -1,9 +1,13 @@
-// Tree blobs, as in src/strongroom/tree.py: canonical JSON {"entries":[…],"v":1}. Every check
-// of decode_tree() is made here too, with the same words.
+// Tree blobs, as in src/strongroom/tree.py: canonical JSON {"entries":[…],"v":1}, or "v":2 when
+// an entry has holes (a sparse file). Every check of decode_tree() is made here too, with the
+// same words.
 
 import { IntegrityError } from "./util";
 
 export const TYPES = new Set(["file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev"]);
+const VERSIONS = new Set([1, 2]);
+const XATTR_NAME_MAX = 255;
+const XATTR_SIZE_MAX = 65536;
 
 export interface ContentRef {
   id: string; // blob ID, lowercase hex
@@ -21,6 +25,9 @@ export interface Entry {
   subtree: string | null;
   target: string | null;
   hardlink: string | null;
+  /** A sparse file's holes, [offset, length], sorted and apart: `content` holds only the data
+   * between them, back to back; `size` is the whole file's. */
+  holes: [number, number][];
 }
 
 function int(value: unknown): number {
@@ -87,14 +94,63 @@ function entry(raw: unknown): Entry {
     subtree: has(o, "subtree") ? blobId(o.subtree) : null,
     target: has(o, "target") ? str(o.target) : null,
     hardlink: has(o, "hardlink") ? str(o.hardlink) : null,
+    holes: [],
   };
-  for (const key of ["ctime_ns", "inode", "uid", "gid", "device"]) {
+  for (const key of ["ctime_ns", "inode", "uid", "gid", "device", "flags"]) {
     if (has(o, key)) int(o[key]);
+  }
+  if (has(o, "xattrs") && !validXattrs(o.xattrs)) {
+    throw new IntegrityError("tree entry has malformed extended attributes");
+  }
+  if (has(o, "holes")) {
+    e.holes = list(o.holes).map(extent);
+    if (e.type !== "file" || !validHoles(e.holes, e.size)) throw new IntegrityError("tree entry has malformed holes");
   }
   if (!TYPES.has(e.type)) throw new IntegrityError("tree entry has an unknown type");
   if (e.type === "dir" && e.subtree === null) throw new IntegrityError("directory entry has no subtree");
   if (e.type === "symlink" && e.target === null) throw new IntegrityError("symlink entry has no target");
   return e;
+}
+
+function extent(raw: unknown): [number, number] {
+  if (!Array.isArray(raw) || raw.length !== 2) throw new IntegrityError("tree entry has malformed holes");
+  return [exact(raw[0]), exact(raw[1])];
+}
+
+/** sparse.valid(): sorted, not touching, not empty, inside the file. */
+function validHoles(holes: [number, number][], size: number): boolean {
+  let end = -1;
+  for (const [start, length] of holes) {
+    if (start <= end || length <= 0 || start + length > size) return false;
+    end = start + length;
+  }
+  return true;
+}
+
+/** A name's length in the file system's bytes (fsencode: a lone \udc80-\udcff is one byte). */
+function fsLength(name: string): number {
+  let n = 0;
+  for (const ch of name) {
+    const c = ch.codePointAt(0) as number;
+    n += c >= 0xdc80 && c <= 0xdcff ? 1 : c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+  }
+  return n;
+}
+
+/** fsattrs.decode_pairs() would accept it: [[name, base64 value], …]. */
+function validXattrs(raw: unknown): boolean {
+  if (!Array.isArray(raw)) return false;
+  for (const pair of raw) {
+    if (!Array.isArray(pair) || pair.length !== 2) return false;
+    const [name, value] = pair;
+    if (typeof name !== "string" || typeof value !== "string") return false;
+    const n = fsLength(name);
+    if (n < 1 || n > XATTR_NAME_MAX || name.includes("\0")) return false;
+    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(value) || value.length % 4) return false;
+    const bytes = (value.length / 4) * 3 - (value.endsWith("==") ? 2 : value.endsWith("=") ? 1 : 0);
+    if (bytes > XATTR_SIZE_MAX) return false;
+  }
+  return true;
 }
 
 export function decodeTree(raw: Uint8Array): Entry[] {
@@ -104,7 +160,7 @@ export function decodeTree(raw: Uint8Array): Entry[] {
   } catch {
     throw new IntegrityError("tree blob is not valid JSON");
   }
-  if (typeof doc !== "object" || doc === null || Array.isArray(doc) || (doc as { v?: unknown }).v !== 1) {
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc) || !VERSIONS.has((doc as { v?: unknown }).v as number)) {
     throw new IntegrityError("tree blob has an unsupported version");
   }
   return list((doc as { entries?: unknown }).entries).map(entry);

@@ -113,6 +113,7 @@ export async function runVectors(doc: Doc): Promise<VectorReport> {
         content: e.content.map((r) => [r.id, r.offset, r.length]),
         subtree: e.subtree,
         target: e.target,
+        holes: e.holes,
       }));
       const want = v.entries.map((e: Doc) => ({
         name: e.name,
@@ -123,6 +124,7 @@ export async function runVectors(doc: Doc): Promise<VectorReport> {
         content: e.content,
         subtree: e.subtree,
         target: e.target,
+        holes: e.holes,
       }));
       if (!same(got, want)) throw new Error(`entries differ: ${JSON.stringify(got)}`);
     });

@@ -53,7 +53,7 @@ export async function planZip(
 }
 
 function folderEntry(): Entry {
-  return { name: "", type: "dir", mode: 0o755, mtimeNs: Date.now() * 1e6, size: 0, content: [], subtree: null, target: null, hardlink: null };
+  return { name: "", type: "dir", mode: 0o755, mtimeNs: Date.now() * 1e6, size: 0, content: [], subtree: null, target: null, hardlink: null, holes: [] };
 }
 
 function metadata(item: { path: string; entry: Entry }) {
