@@ -426,6 +426,41 @@ def test_a_tampered_blob_is_refused(blocked_tab: Tab, world: World) -> None:
     expect(failed).to_contain_text("no unverified byte was written")
 
 
+# The save-file picker, answered with a file in the origin's private file system (OPFS):
+# headless chromium shows no dialog, and OPFS handles write through the same createWritable().
+FAKE_PICKER = """
+window.showSaveFilePicker = async ({ suggestedName }) => {
+  window.pickedName = suggestedName;
+  const dir = await navigator.storage.getDirectory();
+  return dir.getFileHandle(suggestedName, { create: true });
+};
+"""
+
+
+def test_a_download_through_the_save_file_picker(blocked_tab: Tab, world: World) -> None:
+    # Without the worker (a certificate the browser does not trust), Chromium's save dialog.
+    page = blocked_tab.page
+    page.add_init_script(FAKE_PICKER)
+    sign_in(blocked_tab, world)
+    open_latest(page)
+    page.get_by_role("button", name="open folder data").click()
+    row(page, "random.bin").get_by_role("button").last.click()
+    done = page.locator("li.download").first
+    expect(done).to_have_attribute("data-state", "done")
+    assert done.get_attribute("data-sink") == "picker"
+    digest = page.evaluate(
+        """async () => {
+        const dir = await navigator.storage.getDirectory();
+        const file = await (await dir.getFileHandle(window.pickedName)).getFile();
+        const hash = await crypto.subtle.digest("SHA-256", await file.arrayBuffer());
+        const hex = [...new Uint8Array(hash)].map((b) => b.toString(16).padStart(2, "0"));
+        return [file.size, hex.join("")];
+    }"""
+    )
+    data = (world.src / "data" / "random.bin").read_bytes()
+    assert digest == [len(data), hashlib.sha256(data).hexdigest()]
+
+
 class MemoryProbe:
     """Samples the total proportional memory (PSS) of every chromium process started from
     this test process, every 0.2 s, from a thread (reading /proc needs no browser call)."""

@@ -62,6 +62,8 @@ async function failure(response: Response): Promise<ApiError> {
 export class Api {
   private session: string | null = null;
   readonly server = location.host;
+  /** When the server last heard from this tab (a download keeps the session in use). */
+  lastUsed = Date.now();
 
   get signedIn(): boolean {
     return this.session !== null;
@@ -70,6 +72,7 @@ export class Api {
   private async call(path: string, init: RequestInit): Promise<Response> {
     const headers = new Headers(init.headers);
     if (this.session) headers.set("Authorization", `Bearer ${this.session}`);
+    this.lastUsed = Date.now();
     let response: Response;
     try {
       response = await fetch(`/api/user/${path}`, {

@@ -59,10 +59,15 @@ function failed(err: unknown, what = ""): void {
   flash(`${what}${errorText(err)}`);
 }
 
+const IDLE_MS = 30 * 60 * 1000;
+
 function touch(): void {
-  // The server ends an idle session after 30 minutes; the keys go with it here.
+  // The server ends a session after 30 minutes without a request; the keys go with it here.
+  // Every request counts (a long download keeps the tab signed in).
   clearTimeout(idle);
-  if (signed) idle = setTimeout(() => signOut("You were signed out after 30 minutes without use."), 30 * 60 * 1000);
+  if (!signed) return;
+  const left = signed.api.lastUsed + IDLE_MS - Date.now();
+  idle = setTimeout(() => (left > 0 ? touch() : signOut("You were signed out after 30 minutes without use.")), Math.max(left, 0) + 1000);
 }
 
 function signOut(message: string): void {
