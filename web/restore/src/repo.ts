@@ -9,13 +9,14 @@ import { type ContentRef, type Entry, decodeTree } from "./tree";
 import { IntegrityError, errorText, fromHex, toHex } from "./util";
 
 /** A batch of blobs asked for at once while a file streams: memory stays bounded by about
- * two batches (one being written, the next one being fetched), whatever the file's size. */
+ * AHEAD + 1 batches (one being written, the next ones being fetched), whatever the file's size. */
 const BATCH_BYTES = 8 * 1024 * 1024;
 const BATCH_BLOBS = 16;
 const CACHE_BYTES = 32 * 1024 * 1024; // decoded blobs kept for small files (bundles)
 const CACHE_BLOB_MAX = 2 * 1024 * 1024;
 const TREE_CACHE = 4096;
 const DECODING = 4;
+const AHEAD = 2;
 const ZEROS = new Uint8Array(1024 * 1024);
 
 export interface SnapshotItem {
@@ -193,7 +194,7 @@ export class Reader {
     }
   }
 
-  /** A file's content, fetched and verified a batch of blobs at a time, one batch ahead; a
+  /** A file's content, fetched and verified a batch of blobs at a time, AHEAD batches ahead; a
    * sparse file's holes come out as zeros between its data. */
   fileStream(entry: Entry, what: string, signal?: AbortSignal): ReadableStream<Uint8Array> {
     const stop = new AbortController(); // a cancelled stream stops its reads in flight
@@ -241,11 +242,12 @@ export class Reader {
         hole++;
       }
     }
-    let ahead: Promise<Map<string, Uint8Array>> | null = null;
+    // Batches asked for ahead of the one being written: the server always has one to send.
+    const ahead: Promise<Map<string, Uint8Array>>[] = [];
+    let asked = 0;
     for (let i = 0; i < batches.length; i++) {
-      const current = ahead ?? load(batches[i]);
-      ahead = i + 1 < batches.length ? load(batches[i + 1]) : null;
-      const blobs = await current;
+      while (asked < batches.length && asked <= i + AHEAD) ahead.push(load(batches[asked++]));
+      const blobs = await (ahead.shift() as Promise<Map<string, Uint8Array>>);
       for (const ref of batches[i]) {
         const blob = blobs.get(ref.id) as Uint8Array;
         if (ref.offset + ref.length > blob.length) {
