@@ -44,6 +44,9 @@ from strongroom import crypto
 from strongroom.keys import KeyFile, unwrap
 
 pytestmark = pytest.mark.timeout(300)
+# Key derivation, decryption and the downloads run in the browser: on a busy two-core machine
+# a step can take longer than expect()'s default 5 s.
+expect.set_options(timeout=30_000)
 
 VECTORS = Path(__file__).parent / "vectors" / "restore-vectors.json"
 USER = "ann"

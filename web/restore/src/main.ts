@@ -297,29 +297,18 @@ async function search(s: Snapshot, query: string): Promise<void> {
   );
   const signal = work.signal;
   const needle = query.toLocaleLowerCase();
-  let level: { id: string; path: string[] }[] = [{ id: s.tree, path: [] }];
-  let folders = 0;
+  let folders = 1;
   let found = 0;
+  let seen = 0;
   try {
-    // A folder level at a time, its trees fetched together (up to 256 per request).
-    while (level.length && found < SEARCH_LIMIT && !signal.aborted) {
-      const next: typeof level = [];
-      for (let i = 0; i < level.length && found < SEARCH_LIMIT; i += 256) {
-        const part = level.slice(i, i + 256);
-        const trees = await reader.treeMany(part.map((p) => p.id), signal);
-        for (const { id, path } of part) {
-          folders++;
-          for (const e of sorted(trees.get(id) ?? [])) {
-            if (e.type === "dir" && e.subtree) next.push({ id: e.subtree, path: [...path, e.name] });
-            if (found < SEARCH_LIMIT && displayName(e.name).toLocaleLowerCase().includes(needle)) {
-              found++;
-              append(body, entryRow(s, path, e, true));
-            }
-          }
-        }
-        status.textContent = `${count(found, "match", "matches")} in ${count(folders, "folder")} so far…`;
+    for await (const { path, entry } of reader.walk(s.tree, [], signal)) {
+      if (entry.type === "dir") folders++;
+      if (displayName(entry.name).toLocaleLowerCase().includes(needle)) {
+        found++;
+        append(body, entryRow(s, path.slice(0, -1), entry, true));
+        if (found >= SEARCH_LIMIT) break;
       }
-      level = next;
+      if (++seen % 200 === 0) status.textContent = `${count(found, "match", "matches")} in ${count(folders, "folder")} so far…`;
     }
     touch();
     const more = found >= SEARCH_LIMIT ? ` (the first ${SEARCH_LIMIT}; search for something longer)` : "";

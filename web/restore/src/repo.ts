@@ -184,13 +184,25 @@ export class Reader {
     return entry;
   }
 
-  /** Every entry below a folder, depth first, a folder before what is in it. */
+  /** Every entry below a folder, a folder before what is in it: level by level, the trees of
+   * up to MAX_IDS folders fetched in one request. */
   async *walk(treeId: string, prefix: string[], signal?: AbortSignal): AsyncGenerator<Found> {
-    for (const entry of await this.tree(treeId, signal)) {
-      if (signal?.aborted) return;
-      const path = [...prefix, entry.name];
-      yield { path, entry };
-      if (entry.type === "dir" && entry.subtree) yield* this.walk(entry.subtree, path, signal);
+    let level: { id: string; path: string[] }[] = [{ id: treeId, path: prefix }];
+    while (level.length) {
+      const next: typeof level = [];
+      for (let i = 0; i < level.length; i += MAX_IDS) {
+        const part = level.slice(i, i + MAX_IDS);
+        const trees = await this.treeMany(part.map((p) => p.id), signal);
+        for (const { id, path } of part) {
+          for (const entry of trees.get(id) as Entry[]) {
+            if (signal?.aborted) return;
+            const full = [...path, entry.name];
+            yield { path: full, entry };
+            if (entry.type === "dir" && entry.subtree) next.push({ id: entry.subtree, path: full });
+          }
+        }
+      }
+      level = next;
     }
   }
 
