@@ -30,7 +30,7 @@ from strongroom.recovery import RecoveryKey
 from strongroom.recovery_code import decode
 from terminal import Terminal
 from test_hostile_server import one_line_error
-from test_server_hostile import connect, is_error
+from test_server_hostile import connect, is_error, list_snapshots
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -328,7 +328,12 @@ def test_append_only_account_recovers_without_deleting_anything(
     )
     one_line_error(res, "append-only")
     new_key = tmp_path / "erin-new.txt"
-    erin.run("recovery-key", "rotate", "--recovery-key-file", str(new_key))
+    generation = row(server, "erin")["generation"]
+    with connect(server, "erin") as running:  # a backup in progress elsewhere
+        erin.run("recovery-key", "rotate", "--recovery-key-file", str(new_key))
+        # Only the recovery wrapping changed: the login and keys did not, no session ended.
+        assert sorted(list_snapshots(running)) == sorted([first, second])
+    assert row(server, "erin")["generation"] == generation
     # By hand: other sealed keys under the same salt and verifier are refused (they would lock
     # the owner out); the same password part with another recovery wrapping is accepted.
     current = KeyFile.from_json(bytes(row(server, "erin")["keyfile"]))  # type: ignore[arg-type]

@@ -462,15 +462,27 @@ class Session:
         if user.must_change_password and not self.admin_password_login:
             # Only whoever holds the password the admin just set may choose the next one.
             raise _Forbidden("the admin reset this account's password; log in with the new one")
-        if (
-            user.append_only
-            and user.keyfile is not None
-            and not user.must_change_password
-            and not KeyFile.from_json(user.keyfile).same_login(keyfile)
-        ):
-            # Replacing the wrapped keys could make every backup unreadable: a delete in effect.
-            # Only the recovery wrapping may change: the password still opens the same keys.
-            raise _Forbidden("append-only account: ask the admin to reset your password")
+        current = user.keyfile
+        if current is not None and not user.must_change_password:
+            if KeyFile.from_json(current).same_login(keyfile):
+                # Only the recovery wrapping changes: the password opens the same keys, so even
+                # an append-only account may, and no session needs to end.
+                await self._thread(
+                    functools.partial(
+                        self.ctx.userdb.set_recovery_wrapping,
+                        user.id,
+                        keyfile,
+                        generation=self.generation,
+                        current=current,
+                    )
+                )
+                log.info("%s: user %r changed their recovery key", self.address, user.name)
+                await self._send(m.Ok(), rid)
+                return
+            if user.append_only:
+                # Replacing the wrapped keys could make every backup unreadable: a delete in
+                # effect.
+                raise _Forbidden("append-only account: ask the admin to reset your password")
         self.generation = await self._thread(
             functools.partial(
                 self.ctx.userdb.set_keyfile, user.id, keyfile, generation=self.generation
