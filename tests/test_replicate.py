@@ -198,8 +198,19 @@ def test_bad_input(primary: Primary) -> None:
         server.admin("replicate", "dave", "--to", "backup.example.org:44000", check=False),
         "rsync",
     )
-    # Another dave is never overwritten: one replicated from another server (another mark),
-    # or one with backups of his own (no mark).
+    # Another dave is never overwritten: one of that server's own (his store has no mark;
+    # his login is left as it was), one replicated from another server (another mark).
+    own = primary.tmp / "own-folder"
+    admin = [*exe("strongroom-admin"), "--data-dir", str(own)]
+    add = [*admin, "user", "add", "dave", "--password-stdin"]
+    subprocess.run(add, env=server.env, input="x\n", text=True, check=True, capture_output=True)
+    one_line_error(
+        server.admin("replicate", "dave", "--to", str(own), check=False), "not a replica"
+    )
+    listed = subprocess.run(
+        [*admin, "user", "list", "--json"], env=server.env, text=True, capture_output=True
+    )
+    assert [u["must_change_password"] for u in json.loads(listed.stdout)] == [True]
     other = primary.tmp / "other-folder"
     replicate(primary, "dave", other)
     (store,) = [p for p in (other / "storage").iterdir() if p.is_dir()]

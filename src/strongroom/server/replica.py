@@ -13,8 +13,9 @@ transaction. A run that is killed leaves durable blobs that the next run does no
 Snapshots removed from the source are removed from the replica last (unless `keep_deleted`),
 and its garbage collected.
 
-The replica's store carries `replica_of` (the source's storage ID) in its metadata, so an
-unrelated account of the same name in the destination is never overwritten.
+The replica's store carries `replica_of` (the source's storage ID) in its metadata from its
+creation on, so an unrelated account of the same name in the destination (whose store has
+no such mark, or another) is refused before anything of it is changed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from ..errors import IntegrityError, RepositoryError, StrongroomError, UsageErro
 from ..keys import KeyFile
 from ..store import PackStore
 from ..store.gc import collect_garbage
-from .accounts import create_storage
 from .datadir import DataDir
 from .userdb import User, UserDB
 
@@ -72,8 +72,11 @@ def replicate(
     target_db = UserDB(target.users_db)
     try:
         report = ReplicaReport(user.name)
+        existing = target_db.get(user.name)
+        if existing is not None:
+            _check_mark(target, existing, user)  # before anything of it is changed
         replica = _mirror_account(user, target_db, report)
-        create_storage(target, replica)
+        _create_store(target, replica, user)
         path = source.storage_path(user.storage_id)
         if (path / "index.sqlite").is_file():
             src = PackStore(path)  # a reader: the running server keeps its writer lock
@@ -166,6 +169,39 @@ def _reread(db: UserDB, name: str) -> User:
 # ---- the store -----------------------------------------------------------------------------
 
 
+def _check_mark(target: DataDir, replica: User, user: User) -> None:
+    """Refuse an account of that name that is not a replica of this one: its store exists
+    and is not marked as ours. (A row without a store is what a run killed between the two
+    leaves: it is ours.)"""
+    path = target.storage_path(replica.storage_id)
+    if not (path / "index.sqlite").is_file():
+        return
+    store = PackStore(path)
+    try:
+        mark = store.get_meta(_MARK)
+    finally:
+        store.close()
+    if mark is None:
+        raise UsageError(
+            f"user {user.name} in {target.root} is not a replica of this account; "
+            "delete it there or replicate to another folder"
+        )
+    if mark != user.storage_id.encode():
+        raise UsageError(
+            f"user {user.name} in {target.root} is a replica of another account of that "
+            "name; delete it there or replicate to another folder"
+        )
+
+
+def _create_store(target: DataDir, replica: User, user: User) -> None:
+    """The replica's store, marked from its creation on (PackStore.create is atomic)."""
+    path = target.storage_path(replica.storage_id)
+    if (path / "index.sqlite").is_file():
+        return
+    meta = {"repo_id": replica.storage_id.encode(), _MARK: user.storage_id.encode()}
+    PackStore.create(path, meta=meta).close()
+
+
 def _open_replica_store(target: DataDir, replica: User, user: User) -> PackStore:
     path = target.storage_path(replica.storage_id)
     try:
@@ -177,21 +213,9 @@ def _open_replica_store(target: DataDir, replica: User, user: User) -> PackStore
             f"the replica of {user.name} is in use (by a server on {target.root}?); "
             "try again when it is idle"
         ) from None
-    mark = dst.get_meta(_MARK)
-    if mark is None and dst.list_snapshots():
+    if dst.get_meta(_MARK) != user.storage_id.encode():  # changed since _check_mark
         dst.close()
-        raise UsageError(
-            f"user {user.name} in {target.root} has backups of their own and is not a "
-            "replica of this account; delete it there or replicate to another folder"
-        )
-    if mark is not None and mark != user.storage_id.encode():
-        dst.close()
-        raise UsageError(
-            f"user {user.name} in {target.root} is a replica of another account of that "
-            "name; delete it there or replicate to another folder"
-        )
-    if mark is None:
-        dst.set_meta(_MARK, user.storage_id.encode())
+        raise UsageError(f"user {user.name} in {target.root} is not a replica of this account")
     return dst
 
 
