@@ -26,6 +26,13 @@ def make_tree(root: Path) -> None:
         for j in range(30):
             (sub / f"s{j}.txt").write_bytes(f"file {d}/{j} ".encode() * rng.randint(1, 400))
     (root / "empty").mkdir()
+    # More folders than one batch of tree reads (256), and a deep chain of them.
+    for d in range(300):
+        (root / "many" / f"d{d:03d}").mkdir(parents=True)
+        (root / "many" / f"d{d:03d}" / "f").write_text(f"{d}\n")
+    deep = root.joinpath(*(f"level{i}" for i in range(40)))
+    deep.mkdir(parents=True)
+    (deep / "bottom.txt").write_text("at the bottom\n")
     os.symlink("dir0/inner/s0.txt", root / "link")
     (root / "big" / "f0.bin").chmod(0o600)
 

@@ -155,7 +155,9 @@ class Copier:
         data: list[bytes] = []
         codec = self.src.codecs.get()
         while frontier:
-            batch, frontier = frontier[:TREE_BATCH], frontier[TREE_BATCH:]
+            # Last in, first out: the list of trees still to read stays short (depth-first).
+            batch = frontier[-TREE_BATCH:]
+            del frontier[-TREE_BATCH:]
             wanted = [t for t in batch if not (prune and t in ready)]
             for tid, stored in self.src.read_blobs(wanted):
                 self._count_read(stored)
