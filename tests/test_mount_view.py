@@ -278,3 +278,18 @@ def test_xattrs_come_from_the_node(view: SnapshotView) -> None:
     assert view.xattrs(f"{base}/sub/small5.txt") == {"user.demo": b"\x00value\xff"}
     assert view.xattrs(f"{base}/empty") == {}
     assert view.xattrs("/snapshots") == {}
+
+
+def test_an_empty_repository(cli: Cli) -> None:
+    repo = LocalRepository.open(cli.repo, PASSWORD.encode())
+    access = RepoAccess(repo)
+    blobs = BlobSource(access, repo.codecs)
+    try:
+        view = SnapshotView(access, blobs)
+        assert [n for n, _m, _i in view.listdir("/")] == ["snapshots", "tags", "hosts", "ids"]
+        assert view.listdir("/snapshots") == [] and view.listdir("/tags") == []
+        with pytest.raises(FileNotFoundError):
+            view.getattr("/latest")
+    finally:
+        blobs.close()
+        access.close()
