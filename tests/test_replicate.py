@@ -198,6 +198,13 @@ def test_bad_input(primary: Primary) -> None:
         server.admin("replicate", "dave", "--to", "backup.example.org:44000", check=False),
         "rsync",
     )
+    (primary.tmp / "a-folder").mkdir()
+    (primary.tmp / "a-folder" / "notes.txt").write_text("not a data folder")
+    one_line_error(
+        server.admin("replicate", "dave", "--to", str(primary.tmp / "a-folder"), check=False),
+        "not a strongroom data folder",
+    )
+    assert sorted(os.listdir(primary.tmp / "a-folder")) == ["notes.txt"]
     # Another dave is never overwritten: one of that server's own (his store has no mark;
     # his login is left as it was), one replicated from another server (another mark).
     own = primary.tmp / "own-folder"

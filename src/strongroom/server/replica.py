@@ -67,6 +67,12 @@ def replicate(
         raise UsageError("the replica must be another data folder than the server's own")
     if target_root.exists() and not target_root.is_dir():
         raise UsageError(f"{target_root} is not a folder")
+    foreign = target_root.is_dir() and not (target_root / "users.sqlite").is_file()
+    if foreign and any(target_root.iterdir()):
+        raise UsageError(
+            f"{target_root} is not empty and is not a strongroom data folder; "
+            "give a new or empty folder, or another server's data folder"
+        )
     target = DataDir(target_root)
     target.ensure()
     target_db = UserDB(target.users_db)
