@@ -123,6 +123,8 @@ def _make_tree(src: Path) -> None:
     (src / os.fsdecode(b"bad-\xff-name")).write_text("not utf-8\n")
     os.utime(src / "docs" / "note04.txt", ns=(1_000_000_000, 1_234_567_890_123_456_789))
     os.setxattr(src / "docs" / "note05.txt", "user.colour", b"blue")
+    if shutil.which("chattr"):  # a Linux file flag a user may set: no dump
+        subprocess.run(["chattr", "+d", str(src / "docs" / "note07.txt")], check=False)
     if shutil.which("setfacl"):  # a POSIX ACL, stored as system.posix_acl_access
         subprocess.run(["setfacl", "-m", "u:65534:r", str(src / "docs" / "note06.txt")], check=True)
     with open(src / "sparse.img", "wb") as fh:
@@ -223,6 +225,14 @@ def test_everything_matches_a_restore(world: World, mounted: Mount) -> None:
         os.getxattr(root / "docs" / "note06.txt", "user.colour")
     sparse = os.stat(root / "sparse.img")
     assert sparse.st_size > 2 * 1024 * 1024 and sparse.st_blocks * 512 < 1024 * 1024
+    if (
+        shutil.which("lsattr")
+        and "d" in _run("lsattr", "-d", str(world.src / "docs" / "note07.txt")).split()[0]
+    ):
+        for path in (restored, root):
+            shown = _run("lsattr", "-d", str(path / "docs" / "note07.txt")).split()[0]
+            assert "d" in shown, path
+        assert "d" not in _run("lsattr", "-d", str(root / "docs" / "note08.txt")).split()[0]
     if shutil.which("getfacl"):
         acls = [
             _run("getfacl", "-n", "--omit-header", str(base / "docs" / "note06.txt"))

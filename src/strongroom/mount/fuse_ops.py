@@ -20,6 +20,7 @@ import importlib
 import logging
 import os
 import shutil
+import struct
 import sys
 import threading
 import time
@@ -30,6 +31,8 @@ from typing import Any
 from ..errors import StrongroomError, UsageError
 from .view import SnapshotView
 
+# FS_IOC_GETFLAGS as declared (_IOR('f', 1, long)) on 64- and 32-bit Linux.
+_GETFLAGS = frozenset({0x80086601, 0x80046601})
 _INSTALL = "install libfuse 3 (Debian/Ubuntu: apt-get install fuse3)"
 
 
@@ -178,6 +181,15 @@ class FuseOps:
         if value is None:
             raise self._fuse.FuseOSError(self._fuse.ENOATTR)
         return bytes(value)
+
+    def ioctl(self, path: str, cmd: int, arg: Any, fh: int, flags: int, data: Any) -> int:
+        """FS_IOC_GETFLAGS (lsattr): the stored Linux file flags, as the 32-bit int the kernel
+        reads (the ioctl is declared with a long, but every file system answers an int)."""
+        if cmd not in _GETFLAGS or not data:
+            raise self._fuse.FuseOSError(errno.ENOTTY)
+        stored: int = self._call(self.view.flags, path)
+        ctypes.memmove(data, struct.pack("=I", stored & 0xFFFFFFFF), 4)
+        return 0
 
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}

@@ -359,6 +359,11 @@ class SnapshotView:
         item = self.lookup(path)
         return dict(item.node.xattr_values()) if item.node is not None else {}
 
+    def flags(self, path: str) -> int:
+        """Linux file flags (chattr) as stored; 0 for the top levels."""
+        item = self.lookup(path)
+        return item.node.flags if item.node is not None else 0
+
     # ---- trees ------------------------------------------------------------------------------
 
     def _tree(self, tree_id: bytes) -> dict[str, Node]:
