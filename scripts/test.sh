@@ -32,6 +32,16 @@ if [ ${#missing[@]} -gt 0 ]; then
         exit 1
     fi
 fi
+# The fidelity tests run strongroom as user nobody (so that mode 000 is really unreadable);
+# nobody must be able to reach this checkout's .venv: give the folders above it the
+# traverse bit only (o+x, no listing) when a private temp folder (a CI clone) hides it.
+if [ "$(id -u)" = 0 ]; then
+    dir="$(pwd)"
+    while [ "$dir" != "/" ]; do
+        [ -x "$dir" ] && [ "$(stat -c %A "$dir" | cut -c10)" = "-" ] && chmod o+x "$dir"
+        dir="$(dirname "$dir")"
+    done
+fi
 echo "== ruff"
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
