@@ -147,7 +147,10 @@ entry_like = st.fixed_dictionaries(
     {"name": st.text(max_size=5) | json_values, "type": st.sampled_from(sorted(tree.TYPES))},
     optional={
         k: json_values | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
-        for k in ["mode", "size", "content", "subtree", "target", "device", "hardlink", "uid"]
+        for k in [
+            *("mode", "size", "content", "subtree", "target", "device", "hardlink", "uid"),
+            *("xattrs", "flags", "holes"),
+        ]
     },
 )
 

@@ -216,12 +216,14 @@ def test_append_only_refuses_every_destructive_request(
     with connect(server) as raw:
         ok = raw.login("alice")
         assert isinstance(ok, m.LoginOk) and ok.flags & m.LOGIN_APPEND_ONLY
+        own = keys.unlock(keys.KeyFile.from_json(ok.keyfile), PASSWORD.encode())
+        rewrapped = keys.create_keyfile(b"mallory", own, kdf).to_json().encode()
         for req in (
             m.DeleteSnapshot(s2),
             m.DeleteSnapshot(s1),
             m.Protect(s1, 0),  # 0 = remove the protection
             m.SetKeyFile(other_keys),  # replacing the keys would make every backup unreadable
-            m.SetKeyFile(ok.keyfile),  # even with the same keys
+            m.SetKeyFile(rewrapped),  # even the same keys under another password
         ):
             refused = raw.call(req)
             assert is_error(refused, m.ErrorCode.FORBIDDEN), (req, refused)

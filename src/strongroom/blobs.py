@@ -79,8 +79,16 @@ class BlobCodec:
 
     def decode(self, blob_id: bytes, stored: bytes | memoryview) -> bytes:
         """Decrypt, decompress and check that the plaintext really has this ID."""
+        return self.plaintext(blob_id, self.open_body(blob_id, stored))
+
+    def open_body(self, blob_id: bytes, stored: bytes | memoryview) -> bytes:
+        """The decrypted body (flag, padding header, payload, padding), authenticated."""
+        return crypto.unseal(self._aead, stored, blob_id, f"blob {blob_id.hex()[:16]}")
+
+    def plaintext(self, blob_id: bytes, body: bytes) -> bytes:
+        """The plaintext of a decrypted body, checked: padding, size and the ID it hashes to.
+        (`strongroom copy` seals the same body again for another repository.)"""
         what = f"blob {blob_id.hex()[:16]}"
-        body = crypto.unseal(self._aead, stored, blob_id, what)
         if not body:
             raise IntegrityError(f"{what} is empty")
         flag = body[0]

@@ -96,6 +96,8 @@ def diff(repo: Repository, old_root: bytes, new_root: bytes) -> Iterator[Change]
                         )
                     )
                 elif n.type == tree.DIR:
+                    if _meta_changed(o, n):  # not its mtime: that follows its entries
+                        yield Change("M", path, n)
                     if o.subtree != n.subtree:
                         later.append((o.subtree, n.subtree, path))
                 elif _content_changed(o, n):
@@ -107,9 +109,19 @@ def _content_changed(a: Node, b: Node) -> bool:
     return (
         a.content != b.content
         or a.size != b.size
-        or a.mode != b.mode
+        or a.holes != b.holes
         or a.mtime_ns != b.mtime_ns
         or a.target != b.target
+        or _meta_changed(a, b)
+    )
+
+
+def _meta_changed(a: Node, b: Node) -> bool:
+    """Metadata only: an xattr, ACL or flag change alone is a modification."""
+    return (
+        a.mode != b.mode
         or a.uid != b.uid
         or a.gid != b.gid
+        or a.xattrs != b.xattrs
+        or a.flags != b.flags
     )

@@ -95,6 +95,13 @@ class LocalCache:
         row = self._db.execute("SELECT value FROM meta WHERE name='snapshot'").fetchone()
         return None if row is None else str(row[0])
 
+    def attrs_complete(self) -> bool:
+        """True if the cached snapshot was made by a backup that records extended attributes
+        and file flags: only then may its entries' attributes be reused for unchanged files
+        (older versions stored none, and their entries say nothing about them)."""
+        row = self._db.execute("SELECT value FROM meta WHERE name='attrs'").fetchone()
+        return row is not None and row[0] == self.snapshot_id()
+
     def load_dirs(self) -> dict[str, CachedDir]:
         out: dict[str, CachedDir] = {}
         for path, own, full, tree_id, refs, nfiles in self._db.execute(
@@ -136,10 +143,10 @@ class LocalCache:
                     if previous.get(p) != d
                 ),
             )
-            self._db.execute(
-                "INSERT INTO meta(name, value) VALUES('snapshot', ?) "
+            self._db.executemany(
+                "INSERT INTO meta(name, value) VALUES(?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
-                (snapshot_id,),
+                (("snapshot", snapshot_id), ("attrs", snapshot_id)),
             )
 
     # Small-file map: an append-only file of fixed records, because inserting ~100,000 random

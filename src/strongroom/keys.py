@@ -1,13 +1,15 @@
 """Repository keys: created by the client, wrapped with a password-derived key.
 
 The key file is safe to hand to the server: it holds the Argon2id salt and parameters and the
-data/ID keys sealed under the key-encryption key (KEK), which only the password can produce.
-Changing the password re-wraps the same keys, so existing data stays readable.
+data/ID keys sealed under the key-encryption key (KEK), which only the password can produce,
+and optionally a second sealing under a recovery key (recovery.py). Changing the password
+re-wraps the same keys and keeps the recovery wrapping, so existing data stays readable.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import secrets
@@ -19,7 +21,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from . import crypto
 from .errors import IntegrityError, WrongPasswordError
 
-KEYFILE_VERSION = 1
+# Version 2 adds the optional recovery wrapping. A key file without one is still written as
+# version 1, which clients from before recovery keys can read.
+KEYFILE_VERSION = 2
+_VERSIONS = (1, 2)
+_RECOVERY_MAX = 4096  # a sealed RepoKeys is ~150 bytes
 _WRAP_AAD = b"strongroom v1 wrapped keys"
 
 
@@ -84,20 +90,36 @@ class KeyFile:
     kdf: crypto.KdfParams
     wrapped: bytes  # seal(KEK, RepoKeys.to_bytes())
     auth_hash: bytes  # hash of the auth key, for a server to check logins without the KEK
+    recovery: bytes | None = None  # seal(recovery KEK, RepoKeys.to_bytes()), see recovery.py
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": KEYFILE_VERSION,
-                "kdf": "argon2id",
-                "salt": _b64(self.salt),
-                "memory_kib": self.kdf.memory_kib,
-                "iterations": self.kdf.iterations,
-                "lanes": self.kdf.lanes,
-                "wrapped": _b64(self.wrapped),
-                "auth_hash": _b64(self.auth_hash),
-            },
-            sort_keys=True,
+        obj: dict[str, Any] = {
+            "version": 1,
+            "kdf": "argon2id",
+            "salt": _b64(self.salt),
+            "memory_kib": self.kdf.memory_kib,
+            "iterations": self.kdf.iterations,
+            "lanes": self.kdf.lanes,
+            "wrapped": _b64(self.wrapped),
+            "auth_hash": _b64(self.auth_hash),
+        }
+        if self.recovery is not None:
+            obj["version"] = KEYFILE_VERSION
+            obj["recovery"] = {"kdf": "hkdf-sha256", "wrapped": _b64(self.recovery)}
+        return json.dumps(obj, sort_keys=True)
+
+    def with_recovery(self, recovery: bytes | None) -> KeyFile:
+        """The same password wrapping with another recovery wrapping (or none)."""
+        return dataclasses.replace(self, recovery=recovery)
+
+    def same_login(self, other: KeyFile) -> bool:
+        """Do both hold the same password wrapping (salt, cost, sealed keys, verifier)? Then
+        a replacement changes at most the recovery wrapping: the password opens the same keys."""
+        return (
+            self.salt == other.salt
+            and self.kdf == other.kdf
+            and crypto.constant_time_equal(self.wrapped, other.wrapped)
+            and crypto.constant_time_equal(self.auth_hash, other.auth_hash)
         )
 
     @staticmethod
@@ -107,8 +129,11 @@ class KeyFile:
             obj: Any = json.loads(text)
             if not isinstance(obj, dict):
                 raise IntegrityError("key file is malformed")
-            if obj.get("version") != KEYFILE_VERSION or obj.get("kdf") != "argon2id":
-                raise IntegrityError("key file has an unsupported version")
+            version = obj.get("version")
+            if type(version) is not int or version not in _VERSIONS or obj.get("kdf") != "argon2id":
+                raise IntegrityError(
+                    "key file has an unsupported version (a newer strongroom may have written it)"
+                )
             keyfile = KeyFile(
                 salt=_unb64(obj["salt"]),
                 kdf=crypto.KdfParams(
@@ -118,6 +143,7 @@ class KeyFile:
                 ),
                 wrapped=_unb64(obj["wrapped"]),
                 auth_hash=_unb64(obj["auth_hash"]),
+                recovery=_recovery(obj.get("recovery")) if version == 2 else None,
             )
         except _MALFORMED as exc:
             raise IntegrityError("key file is malformed") from exc
@@ -131,11 +157,18 @@ def auth_hash(auth_key: bytes) -> bytes:
     return crypto.hkdf(auth_key, b"strongroom v1 auth verifier")
 
 
-def create_keyfile(password: bytes, keys: RepoKeys, kdf: crypto.KdfParams | None = None) -> KeyFile:
+def create_keyfile(
+    password: bytes,
+    keys: RepoKeys,
+    kdf: crypto.KdfParams | None = None,
+    *,
+    recovery: bytes | None = None,
+) -> KeyFile:
+    """A key file for `password` (fresh salt), carrying the recovery wrapping given."""
     params = kdf or crypto.KdfParams()
     salt = os.urandom(16)
     pk = crypto.split_master(crypto.derive_master(password, salt, params))
-    return wrap(keys, salt, params, pk)
+    return wrap(keys, salt, params, pk).with_recovery(recovery)
 
 
 def wrap(keys: RepoKeys, salt: bytes, params: crypto.KdfParams, pk: crypto.PasswordKeys) -> KeyFile:
@@ -159,6 +192,17 @@ def unwrap(keyfile: KeyFile, kek: bytes) -> RepoKeys:
 
 # RecursionError: deeply nested JSON; OverflowError: int() of an infinite float.
 _MALFORMED = (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError)
+
+
+def _recovery(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("kdf") != "hkdf-sha256":
+        raise IntegrityError("key file has an unsupported recovery wrapping")
+    wrapped = _unb64(value["wrapped"])
+    if not (crypto.NONCE_SIZE + crypto.TAG_SIZE < len(wrapped) <= _RECOVERY_MAX):
+        raise IntegrityError("key file has a malformed recovery wrapping")
+    return wrapped
 
 
 def _json_int(value: Any) -> int:

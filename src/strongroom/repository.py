@@ -16,6 +16,7 @@ from . import crypto
 from .blobs import CodecPool
 from .errors import RepositoryError
 from .keys import KeyFile, RepoKeys, create_keyfile, unlock
+from .recovery import RecoveryKey
 from .snapshot import Snapshot, open_snapshot
 from .store import PackStore, SnapshotRow
 
@@ -60,27 +61,41 @@ def load_snapshots(repo: Repository) -> list[Snapshot]:
 class LocalRepository:
     """A repository folder on a local (or mounted) filesystem."""
 
-    def __init__(self, store: PackStore, keys: RepoKeys) -> None:
+    def __init__(self, store: PackStore, keys: RepoKeys, keyfile: KeyFile) -> None:
         self.store = store
         self.keys = keys
+        self.keyfile = keyfile
         self.codecs = CodecPool(keys.aead(), keys.hasher())
 
     @staticmethod
-    def init(path: Path, password: bytes, kdf: crypto.KdfParams | None = None) -> LocalRepository:
+    def init(
+        path: Path,
+        password: bytes,
+        kdf: crypto.KdfParams | None = None,
+        *,
+        recovery: RecoveryKey | None = None,
+    ) -> LocalRepository:
         keys = RepoKeys.generate()
+        keyfile = create_keyfile(
+            password, keys, kdf, recovery=recovery.wrap(keys) if recovery else None
+        )
         # The key file goes in with the index in one step: a killed init leaves no repository
         # rather than one nobody can open.
         store = PackStore.create(
             path,
-            meta={
-                "keyfile": create_keyfile(password, keys, kdf).to_json().encode(),
-                "repo_id": os.urandom(16).hex().encode(),
-            },
+            meta={"keyfile": keyfile.to_json().encode(), "repo_id": os.urandom(16).hex().encode()},
         )
-        return LocalRepository(store, keys)
+        return LocalRepository(store, keys, keyfile)
 
     @staticmethod
-    def open(path: Path, password: bytes, *, writer: bool = False) -> LocalRepository:
+    def open(
+        path: Path,
+        password: bytes | None,
+        *,
+        writer: bool = False,
+        recovery: RecoveryKey | None = None,
+    ) -> LocalRepository:
+        """Open with the password, or (`strongroom recover`) with the recovery key."""
         if not path.exists():
             raise RepositoryError(f"repository folder {path} does not exist")
         store = PackStore(path, writer=writer)
@@ -88,11 +103,19 @@ class LocalRepository:
             raw = store.get_meta("keyfile")
             if raw is None:
                 raise RepositoryError(f"repository at {path} has no key file")
-            keys = unlock(KeyFile.from_json(raw), password)
+            keyfile = KeyFile.from_json(raw)
+            if recovery is not None:
+                if keyfile.recovery is None:
+                    raise RepositoryError(f"repository at {path} has no recovery key")
+                keys = recovery.unwrap(keyfile.recovery)
+            elif password is not None:
+                keys = unlock(keyfile, password)
+            else:
+                raise ValueError("open needs a password or a recovery key")
         except BaseException:
             store.close()
             raise
-        return LocalRepository(store, keys)
+        return LocalRepository(store, keys, keyfile)
 
     @property
     def repo_id(self) -> str:
@@ -100,9 +123,23 @@ class LocalRepository:
         return raw.decode() if raw else "unknown"
 
     def change_password(self, new_password: bytes, kdf: crypto.KdfParams | None = None) -> None:
-        self.store.set_meta(
-            "keyfile", create_keyfile(new_password, self.keys, kdf).to_json().encode()
+        """New salt and wrapping for the new password; the recovery wrapping is kept. The
+        cost is the client's floor or the repository's present one, whichever is higher."""
+        if kdf is None:
+            floor, now = crypto.kdf_floor(), self.keyfile.kdf
+            kdf = crypto.KdfParams(
+                max(floor.memory_kib, now.memory_kib), max(floor.iterations, now.iterations)
+            )
+        self._set_keyfile(
+            create_keyfile(new_password, self.keys, kdf, recovery=self.keyfile.recovery)
         )
+
+    def set_recovery(self, wrapped: bytes | None) -> None:
+        self._set_keyfile(self.keyfile.with_recovery(wrapped))
+
+    def _set_keyfile(self, keyfile: KeyFile) -> None:
+        self.store.set_meta("keyfile", keyfile.to_json().encode())  # one SQLite transaction
+        self.keyfile = keyfile
 
     def known_blob_ids(self) -> set[bytes]:
         return self.store.all_blob_ids()

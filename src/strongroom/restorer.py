@@ -10,6 +10,11 @@ existing tree). So every operation is relative to a descriptor of its folder (op
 friends), never a full path: folders are opened one component at a time with
 O_NOFOLLOW|O_DIRECTORY, and the (st_dev, st_ino) recorded when a folder was made or checked must
 match whenever it is opened again. Platforms without dir_fd support (Windows) use full paths.
+
+Extended attributes are set on the restore's own descriptors after the owner (a chown clears
+security.capability) and before the mode and times; file flags (immutable, append-only) are
+set at the very end, when nothing more is written, linked or changed. Sparse files are created
+at their full size and only their data is written, so their holes stay holes.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from dataclasses import dataclass, field
 
 from . import tree
 from .errors import IntegrityError, StrongroomError
+from .fsattrs import FLAGS, clear_locking
 from .pathsafe import is_safe_name, split_include
 from .repository import Repository
+from .restore_attrs import AttrWriter
 from .snapshot import Snapshot
+from .sparse import HoleMap
 from .tree import Node
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -43,6 +51,7 @@ _META_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW  # fchown/fchmod refuse O
 # What opening a name with O_NOFOLLOW|O_DIRECTORY says when it is a link or not a folder
 # (FreeBSD answers EMLINK for a link).
 _NOT_A_FOLDER = frozenset({errno.ELOOP, errno.ENOTDIR, errno.EMLINK})
+_FLAG_OPEN = os.O_RDONLY | _O_BINARY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
 _MAX_DEPTH = 4096
 _IN_FLIGHT = 16  # blobs decoded/written concurrently; bounds memory
 _DIR_FD_CACHE = 256  # folder descriptors kept open; far below any RLIMIT_NOFILE
@@ -86,6 +95,8 @@ class _FileJob:
     path: str
     remaining: int  # content refs still to write
     lock: threading.Lock = field(default_factory=threading.Lock)
+    holes: HoleMap | None = None  # a sparse file: where its data goes
+    ident: tuple[int, int] = (0, 0)  # (st_dev, st_ino) once written, for setting its flags
 
 
 @dataclass(eq=False, slots=True)
@@ -261,6 +272,9 @@ class Restorer:
         self._fds: _DirFds | None = None
         self.allow_foreign_owners = allow_foreign_owners
         self._euid = os.geteuid() if hasattr(os, "geteuid") else None
+        self._attrs = AttrWriter()
+        self._flagged: list[_FileJob] = []  # files whose flags are set last
+        self._flagged_dirs: list[tuple[_Dir, Node]] = []
 
     def restore(
         self, snap: Snapshot, target: str, includes: list[str] | None = None
@@ -278,7 +292,10 @@ class Restorer:
             # Deepest first, so a folder's time and mode are set after everything inside it.
             for d, node in sorted(dirs, key=lambda e: e[0].depth, reverse=True):
                 self._set_dir_meta(d, node)
+            self._set_flags()
         finally:
+            for message in self._attrs.warnings():
+                self._warn(message)
             if self._fds is not None:
                 self._fds.close()
                 self._fds = None
@@ -431,6 +448,7 @@ class Restorer:
             except StrongroomError:
                 os.close(fd)
                 raise
+            _unlock(slot.fd, name)  # made immutable by an earlier restore into this target
         d.ident = (st.st_dev, st.st_ino)
         assert self._fds is not None
         self._fds.add(d, fd)
@@ -463,12 +481,15 @@ class Restorer:
                     links.append((first, job))
                     continue
                 first_by_link[node.hardlink] = job
-            if len(node.content) != 1:  # one-piece files are created when their piece arrives
-                self._create_file(job)
-            pos = 0
+            if node.holes:
+                job.holes = HoleMap(node.holes)
+            if len(node.content) != 1 or node.holes:
+                self._create_file(job)  # one-piece files are created when their piece arrives
+            pos = 0  # in the file's data: its content pieces back to back
             for ref in node.content:
                 plan[ref.blob_id].append((job, pos, ref.offset, ref.length))
                 pos += ref.length
+            pos += sum(length for _start, length in node.holes)
             if pos != node.size:
                 self._warn(f"{job.path}: snapshot sizes disagree; restored {pos} bytes")
             if not node.content:
@@ -556,7 +577,12 @@ class Restorer:
             return os.open(job.path, flags, 0o600)
         slot = self._fds.acquire(job.dir)  # a dict lookup: no lookup of the path per blob
         try:
-            return os.open(job.node.name, flags, 0o600, dir_fd=slot.fd)
+            try:
+                return os.open(job.node.name, flags, 0o600, dir_fd=slot.fd)
+            except PermissionError:
+                if not flags & (os.O_WRONLY | os.O_RDWR) or not _unlock(slot.fd, job.node.name):
+                    raise
+                return os.open(job.node.name, flags, 0o600, dir_fd=slot.fd)
         finally:
             self._fds.release(slot)
 
@@ -586,18 +612,25 @@ class Restorer:
             )
         except OSError as exc:
             raise StrongroomError(f"cannot create {job.path}: {exc.strerror}") from None
-        os.close(fd)
+        try:
+            if job.node.holes:
+                os.ftruncate(fd, job.node.size)  # all hole; the data is written into it
+        except OSError as exc:
+            raise StrongroomError(f"cannot create {job.path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
 
     def _write_piece(self, job: _FileJob, pos: int, data: memoryview) -> None:
         flags = os.O_WRONLY | _O_BINARY | _O_NOFOLLOW
-        if len(job.node.content) == 1:
+        if len(job.node.content) == 1 and job.holes is None:
             flags |= os.O_CREAT | os.O_TRUNC
         fd = self._open_file(job, flags)
         try:
-            if hasattr(os, "pwrite"):
-                while data:
-                    n = os.pwrite(fd, data, pos)
-                    data, pos = data[n:], pos + n
+            if job.holes is not None:
+                for offset, start, n in job.holes.place(pos, len(data)):
+                    _pwrite_all(fd, data[start : start + n], offset)
+            elif hasattr(os, "pwrite"):
+                _pwrite_all(fd, data, pos)
             else:  # pragma: no cover - Windows
                 os.lseek(fd, pos, os.SEEK_SET)
                 os.write(fd, data)
@@ -618,6 +651,11 @@ class Restorer:
         try:
             if self._root_uid:
                 os.fchown(fd, node.uid, node.gid)
+            self._attrs.xattrs(fd, node, job.path)
+            if node.flags:
+                st = os.fstat(fd)
+                job.ident = (st.st_dev, st.st_ino)
+                self._flagged.append(job)  # list.append is atomic: writer threads call this
             if hasattr(os, "fchmod"):
                 os.fchmod(fd, node.mode)
             if os.utime in os.supports_fd:
@@ -658,6 +696,7 @@ class Restorer:
                     self._warn(f"{path}: cannot create {node.type} ({exc.strerror})")
                     continue
                 self._set_link_meta(name, dir_fd, path, node)
+                self._attrs.xattrs_at(dir_fd, name, node, path)
             self.result.files += 1
 
     def _make_special(self, name: str, dir_fd: int | None, node: Node) -> bool:
@@ -724,8 +763,11 @@ class Restorer:
                 return
             if self._root_uid:
                 os.chown(where, node.uid, node.gid)
+            self._attrs.xattrs(where, node, d.path)
             os.chmod(where, node.mode)
             os.utime(where, ns=(node.mtime_ns, node.mtime_ns))
+            if node.flags:
+                self._flagged_dirs.append((d, node))
         except OSError as exc:
             self._warn(f"{d.path}: cannot restore metadata ({exc.strerror})")
         finally:
@@ -738,10 +780,40 @@ class Restorer:
                 return
             if self._root_uid:
                 os.lchown(path, node.uid, node.gid)
+            self._attrs.xattrs(path, node, path, follow=False)
             os.chmod(path, node.mode)
             os.utime(path, ns=(node.mtime_ns, node.mtime_ns))
         except OSError as exc:
             self._warn(f"{path}: cannot restore metadata ({exc.strerror})")
+
+    def _set_flags(self) -> None:
+        """File flags, last: an immutable or append-only file or folder takes no more changes.
+        Each is opened again by name in its folder and must be the inode the restore made."""
+        if self._fds is None:
+            return  # only Linux has them, and it has descriptor-relative calls
+        for job in self._flagged:
+            try:
+                with self._at(job.dir, job.node.name) as (name, dir_fd):
+                    fd = os.open(name, _FLAG_OPEN, dir_fd=dir_fd)
+            except OSError as exc:
+                self._attrs.flags_failed(job.node, exc, job.path)
+                continue
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) == job.ident:
+                    self._attrs.flags(fd, job.node, job.path)
+            finally:
+                os.close(fd)
+        for d, node in sorted(self._flagged_dirs, key=lambda e: e[0].depth, reverse=True):
+            try:
+                fd = self._fds.open_fresh(d, _META_FLAGS)
+            except _CannotOpen as exc:
+                self._attrs.flags_failed(node, OSError(exc.errno, exc.strerror), d.path)
+                continue
+            try:
+                self._attrs.flags(fd, node, d.path)
+            finally:
+                os.close(fd)
 
     def _warn(self, message: str) -> None:
         self.result.warnings.append(message)
@@ -752,6 +824,30 @@ class Restorer:
         self.result.notes.append(message)
         if self._note_cb is not None:
             self._note_cb(message)
+
+
+def _unlock(dir_fd: int, name: str) -> bool:
+    """Clear the immutable and append-only flags of a file or folder that an earlier restore
+    into this target left (this restore sets them again at the end). True if it had any."""
+    if not FLAGS:
+        return False
+    try:
+        fd = os.open(name, _FLAG_OPEN, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        mode = os.fstat(fd).st_mode
+        return (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) and clear_locking(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, pos)
+        data, pos = data[n:], pos + n
 
 
 def _not_a_folder(path: str) -> StrongroomError:

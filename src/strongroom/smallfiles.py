@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .blobs import BlobCodec
 from .bundler import SMALL_FILE_LIMIT, OpenBundle
 from .crypto import BlobHasher
+from .fsattrs import Pairs, read_attrs_fd
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -38,6 +39,9 @@ class FileOutcome:
     size: int = 0
     changed: bool = False  # size or mtime changed while reading
     error: str | None = None
+    xattrs: Pairs | None = None  # extended attributes, as a tree entry stores them
+    flags: int = 0  # file flags (chattr)
+    warnings: list[str] | None = None  # attributes that could not be read
 
 
 @dataclass
@@ -123,6 +127,7 @@ class SmallFileReader:
                     parts.append(block)
                 data = b"".join(parts)
             after = os.fstat(fd)
+            outcome.xattrs, outcome.flags, outcome.warnings = read_attrs_fd(fd, path)
         except OSError as exc:
             outcome.error = f"{path}: read error ({exc.strerror}); skipped"
             return None

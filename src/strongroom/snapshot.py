@@ -35,6 +35,9 @@ class Snapshot:
     tags: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+    # Set on copies made by `strongroom copy`: {"repo": source repository ID, "tree": source
+    # root tree ID, "time_ns": when copied}. Left out of records that have none.
+    origin: dict[str, Any] | None = None
 
     @property
     def short_id(self) -> str:
@@ -65,6 +68,8 @@ def _aad(snap_id: str) -> bytes:
 
 def seal_snapshot(aead: AESGCM, snap: Snapshot) -> bytes:
     body = dict(asdict(snap), v=SNAPSHOT_VERSION)
+    if body["origin"] is None:
+        del body["origin"]  # records without one stay readable by older versions
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     sealed = _SEAL_OVERHEAD + len(raw)
     padded = b"".join((raw, b" " * (max(RECORD_MIN_SIZE, padme(sealed)) - sealed)))
@@ -81,14 +86,20 @@ def open_snapshot(aead: AESGCM, row: SnapshotRow) -> Snapshot:
             raise TypeError("record is not an object")
         if obj.pop("v") != SNAPSHOT_VERSION:
             raise IntegrityError(f"snapshot {row.snap_id[:8]} has an unsupported version")
-        snap = Snapshot(**obj)
+        # Fields a later version may add are ignored (the record is authenticated as a whole).
+        snap = Snapshot(**{k: v for k, v in obj.items() if k in _FIELDS})
     except (ValueError, TypeError, KeyError) as exc:
         raise IntegrityError(f"snapshot {row.snap_id[:8]} is malformed") from exc
     if snap.id != row.snap_id:
         raise IntegrityError(f"snapshot {row.snap_id[:8]} was swapped with another")
+    if snap.origin is not None and not isinstance(snap.origin, dict):
+        raise IntegrityError(f"snapshot {row.snap_id[:8]} has a malformed origin")
     if not (isinstance(snap.tree, str) and len(snap.tree) == 64 and _is_hex(snap.tree)):
         raise IntegrityError(f"snapshot {row.snap_id[:8]} has a malformed tree ID")
     return snap
+
+
+_FIELDS = frozenset(Snapshot.__dataclass_fields__)
 
 
 def _is_hex(text: str) -> bool:

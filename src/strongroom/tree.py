@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .errors import IntegrityError
+from .fsattrs import decode_pairs
+from .sparse import valid as sparse_valid
 
 try:  # a compiled JSON codec for the trees of the backup's hot path; `json` is the fallback
     import msgspec as _msgspec
@@ -27,7 +29,13 @@ try:  # a compiled JSON codec for the trees of the backup's hot path; `json` is 
 except ImportError:  # pragma: no cover - the tests compare both encoders
     _msgspec = None  # type: ignore[assignment]
 
+# Version 1 trees are what every version of strongroom reads. A tree with a sparse file is
+# written as version 2: its entries' content skips the holes, which an older reader would
+# restore as a shorter, shifted file, so it must refuse the tree instead. Every other new
+# key (xattrs, flags) is optional and may be ignored, so those trees stay version 1.
 TREE_VERSION = 1
+TREE_VERSION_SPARSE = 2
+VERSIONS = frozenset({TREE_VERSION, TREE_VERSION_SPARSE})
 
 # Entry types
 FILE = "file"
@@ -79,6 +87,13 @@ class Node:
     target: str | None = None  # symlink target
     device: int = 0  # rdev for device nodes
     hardlink: str | None = None  # "dev:ino" shared by entries that are hard links of each other
+    # Extended attributes as stored: [[name, base64 value], ...] sorted by the name's bytes.
+    xattrs: list[list[str]] = field(default_factory=list)
+    flags: int = 0  # Linux file flags (chattr), only those a user may set
+    holes: list[tuple[int, int]] = field(default_factory=list)  # (offset, length), sorted
+
+    def xattr_values(self) -> list[tuple[str, bytes]]:
+        return decode_pairs(self.xattrs) or []
 
     def encode(self) -> dict[str, Any]:
         # Keys are inserted in sorted order so the encoder need not sort them (speed) and
@@ -89,9 +104,13 @@ class Node:
         out["ctime_ns"] = self.ctime_ns
         if self.device:
             out["device"] = self.device
+        if self.flags:
+            out["flags"] = self.flags
         out["gid"] = self.gid
         if self.hardlink is not None:
             out["hardlink"] = self.hardlink
+        if self.holes:
+            out["holes"] = [[start, length] for start, length in self.holes]
         out["inode"] = self.inode
         out["mode"] = self.mode
         out["mtime_ns"] = self.mtime_ns
@@ -104,6 +123,8 @@ class Node:
             out["target"] = self.target
         out["type"] = self.type
         out["uid"] = self.uid
+        if self.xattrs:
+            out["xattrs"] = self.xattrs
         return out
 
     @staticmethod
@@ -126,9 +147,18 @@ class Node:
                 target=_str(raw["target"]) if "target" in raw else None,
                 device=_int(raw.get("device", 0)),
                 hardlink=_str(raw["hardlink"]) if "hardlink" in raw else None,
+                flags=_int(raw.get("flags", 0)),
             )
         except KeyError as exc:
             raise IntegrityError(f"tree entry lacks {exc}") from None
+        if "xattrs" in raw:
+            if decode_pairs(raw["xattrs"]) is None:
+                raise IntegrityError("tree entry has malformed extended attributes")
+            node.xattrs = raw["xattrs"]
+        if "holes" in raw:
+            node.holes = [_extent(h) for h in _list(raw["holes"])]
+            if node.type != FILE or not sparse_valid(node.holes, node.size):
+                raise IntegrityError("tree entry has malformed holes")
         if node.type not in TYPES:
             raise IntegrityError("tree entry has an unknown type")
         if node.type == DIR and node.subtree is None:
@@ -147,8 +177,8 @@ def encode_tree(nodes: list[Node]) -> bytes:
     for prev, cur in itertools.pairwise(ordered):
         if name_key(prev.name) == name_key(cur.name):  # same on disk, so same name
             raise ValueError(f"duplicate name in tree: {cur.name!r}")
-    doc = {"entries": [n.encode() for n in ordered], "v": TREE_VERSION}
-    return dumps(doc)
+    entries = [n.encode() for n in ordered]
+    return dumps({"entries": entries, "v": version_for(entries)})
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
@@ -203,7 +233,37 @@ def encode_entries(entries: list[Entry]) -> bytes:
     for i in range(1, len(keys)):
         if keys[i] == keys[i - 1]:
             raise ValueError(f"duplicate name in tree: {names[order[i]]!r}")
-    return dumps({"entries": [entries[i] for i in order], "v": TREE_VERSION})
+    ordered = [entries[i] for i in order]
+    return dumps({"entries": ordered, "v": version_for(ordered)})
+
+
+def version_for(entries: list[Entry]) -> int:
+    """The lowest tree version that describes these entries (see TREE_VERSION)."""
+    return TREE_VERSION_SPARSE if any("holes" in e for e in entries) else TREE_VERSION
+
+
+# Optional keys that travel with a file's content, and the attributes of any entry: both are
+# copied from the parent snapshot's entry when that is reused.
+CONTENT_KEYS = ("content", "holes", "size", "target")
+ATTR_KEYS = ("flags", "xattrs")
+
+
+def put(entry: Entry, key: str, value: Any) -> None:
+    """Set a key of an encoded entry, keeping the sorted key order the encoder relies on."""
+    if key in entry or not entry or key > next(reversed(entry)):
+        entry[key] = value
+        return
+    entry[key] = value
+    items = sorted(entry.items())
+    entry.clear()
+    entry.update(items)
+
+
+def copy_keys(dst: Entry, src: Entry, keys: tuple[str, ...]) -> None:
+    """Those of `keys` that `src` has, into `dst` (in canonical order)."""
+    for key in keys:
+        if key in src:
+            put(dst, key, src[key])
 
 
 # A byte that was not valid UTF-8 in a POSIX file name (os.fsdecode's surrogateescape).
@@ -218,7 +278,7 @@ def decode_entries(raw: bytes) -> dict[str, Entry]:
         doc = loads(raw)
     except (ValueError, RecursionError) as exc:
         raise IntegrityError("tree blob is not valid JSON") from exc
-    if not isinstance(doc, dict) or doc.get("v") != TREE_VERSION:
+    if not isinstance(doc, dict) or doc.get("v") not in VERSIONS:
         raise IntegrityError("tree blob has an unsupported version")
     out: dict[str, Entry] = {}
     for e in _list(doc.get("entries")):
@@ -261,7 +321,7 @@ def replace_subtrees(raw: bytes, subtrees: dict[str, bytes]) -> bytes | None:
         dirs = [e for e in entries if e.get("type") == DIR]
     except (ValueError, KeyError, TypeError, AttributeError):
         raise IntegrityError("tree blob is malformed") from None
-    if len(dirs) != len(subtrees) or doc.get("v") != TREE_VERSION:
+    if len(dirs) != len(subtrees) or doc.get("v") not in VERSIONS:
         return None
     for e in dirs:
         new = subtrees.get(e.get("name"))
@@ -276,7 +336,7 @@ def decode_tree(raw: bytes) -> list[Node]:
         doc = loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise IntegrityError("tree blob is not valid JSON") from exc
-    if not isinstance(doc, dict) or doc.get("v") != TREE_VERSION:
+    if not isinstance(doc, dict) or doc.get("v") not in VERSIONS:
         raise IntegrityError("tree blob has an unsupported version")
     return [Node.decode(e) for e in _list(doc.get("entries"))]
 
@@ -300,6 +360,12 @@ def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise IntegrityError("tree has a malformed string")
     return value
+
+
+def _extent(value: Any) -> tuple[int, int]:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise IntegrityError("tree entry has malformed holes")
+    return _int(value[0]), _int(value[1])
 
 
 def _list(value: Any) -> list[Any]:

@@ -8,72 +8,17 @@ from __future__ import annotations
 import getpass
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from .. import __version__
 from ..errors import StrongroomError, UsageError
-from ..server.backend import Backend, Storage, open_backend
-from ..server.config import DEFAULT_DATA_DIR, ServerConfig, load_config
-from ..server.datadir import DataDir
+from ..server.config import DEFAULT_DATA_DIR
 from ..server.deployment import refuse_argv_secrets
-from ..server.userdb import User, UserDB
 from . import menu
+from .context import Admin as Admin
 
 PROG = "strongroom-admin"
-
-
-class Admin:
-    """The deployment the admin works on (embedded data folder, or PostgreSQL + S3), opened
-    on first use (so --help touches nothing)."""
-
-    def __init__(self, settings: dict[str, Any], config_file: Path | None = None) -> None:
-        self._settings = settings
-        self._config_file = config_file
-        self._backend: Backend | None = None
-
-    @property
-    def config(self) -> ServerConfig:
-        return load_config(self._config_file, self._settings)
-
-    @property
-    def backend(self) -> Backend:
-        if self._backend is None:
-            self._backend = open_backend(self.config)
-        return self._backend
-
-    @property
-    def datadir(self) -> DataDir:
-        return self.backend.datadir
-
-    @property
-    def db(self) -> UserDB:
-        return self.backend.userdb
-
-    @property
-    def storage(self) -> Storage:
-        return self.backend.storage
-
-    def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
-
-    def existing(self, name: str) -> User:
-        user = self.db.get(name)
-        if user is None:
-            raise UsageError(f"no user {name} (see 'strongroom-admin user list')")
-        return user
-
-    def storage_in_use(self, storage_id: str) -> bool:
-        """Held by the server answering on this data folder's socket, or by a live session
-        on any node (scale-out)."""
-        from ..server.control import storage_in_use
-
-        return storage_in_use(self.datadir.root, storage_id) or self.backend.sessions.in_use(
-            storage_id
-        )
 
 
 pass_admin = click.make_pass_decorator(Admin)

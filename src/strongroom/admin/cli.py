@@ -147,7 +147,7 @@ def user_passwd(admin: Admin, name: str, password_stdin: bool) -> None:
     if target.keyfile is not None:
         click.echo(
             "their existing backups stay encrypted under their previous password: "
-            "they still need it to open them"
+            "they still need it, or their recovery key ('strongroom recover'), to open them"
         )
 
 
@@ -318,7 +318,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 # gc, usage, scrub and policy, and console-admin, live in their own modules; importing them
 # registers them on `cli`.
-from . import console, lifecycle, scaleout_cmds  # noqa: E402, F401
+from . import console, lifecycle, replicate, scaleout_cmds  # noqa: E402, F401
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ from ..cli import format as fmt
 from ..errors import EXIT_ERROR, StrongroomError, UsageError
 from ..retention import Policy
 from ..server.control import ask_server, retain
-from ..server.operations import record_scrub
 from ..server.policy import policy_for
+from ..server.runs import record_scrub
 from ..server.stores import UserStore, metadata_charge
 from ..server.userdb import User
 from ..store import PackStore

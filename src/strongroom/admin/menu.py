@@ -22,7 +22,7 @@ from ..server.userdb import (
 )
 
 if TYPE_CHECKING:
-    from .app import Admin
+    from .context import Admin
 
 T = TypeVar("T")
 

@@ -5,6 +5,9 @@
 - Otherwise its tree in the parent snapshot is consulted: every file with the same size,
   mtime, ctime, inode and mode keeps its old entry's content (if those blobs still exist);
   the others go to the file saver. Entries are the encoded dicts of `tree.Entry`.
+- Extended attributes and flags: an entry whose ctime is unchanged keeps the parent's (see
+  `attrs`), unless the parent snapshot may come from a version that did not record them
+  (`trust_attrs` False: no local cache of a backup that did); then they are read again.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from .. import tree
 from ..cache import CachedDir
 from ..fsmeta import entry_from_stat, same_but_ctime, same_entry
+from .attrs import fill as fill_attrs
 from .file_saver import BatchFuture, FileResult, FileSaver
 from .parent import ParentTrees
 from .scanner import Listing
@@ -81,7 +85,9 @@ class ChangeDetector:
         counts: Counts,
         progress: ProgressFn,
         warn: Callable[[str], None],
+        trust_attrs: bool = True,
     ) -> None:
+        self.trust_attrs = trust_attrs
         self.dircache = dircache
         self.parent = parent
         self.files = files
@@ -114,7 +120,9 @@ class ChangeDetector:
                 sub = tree.entry_subtree(prev) if prev is not None else None
                 job.child_dirs.append((name, full, sub))
                 job.dir_entries.append(len(entries))
-                entries.append(entry_from_stat(name, kind, st))
+                entry = entry_from_stat(name, kind, st)
+                self._attrs(job, entry, full, kind, st, prev)
+                entries.append(entry)
                 continue
             nfiles += 1
             if kind == tree.FILE:
@@ -135,6 +143,8 @@ class ChangeDetector:
                 ):
                     ids = _content_ids(prev, known)
                     if ids is not None:
+                        if not self.trust_attrs:
+                            prev = self._fresh_attrs(job, prev, full, kind, st)
                         entries.append(prev)
                         content_ids.update(ids)
                         kept += 1
@@ -204,13 +214,15 @@ class ChangeDetector:
                 return False
         unchanged = prev is not None and same_entry(prev, kind, st)
         if kind != tree.FILE:
+            self._attrs(job, entry, full, kind, st, prev)
             counts.add("unchanged" if unchanged else ("modified" if prev else "added"))
             self.progress(1, 0)
             return True
         if unchanged and prev is not None:
             ids = _content_ids(prev, self.known)
             if ids is not None:
-                entry["content"] = prev["content"]
+                tree.copy_keys(entry, prev, ("content", "holes"))
+                self._attrs(job, entry, full, kind, st, prev)
                 job.content_ids.update(ids)
                 counts.unchanged += 1
                 self.progress(1, st.st_size)
@@ -221,6 +233,26 @@ class ChangeDetector:
         future, index = self.files.save(full, st)
         job.pending.append(Pending(entry, full, future, index, change))
         return True
+
+    def _attrs(
+        self,
+        job: DirJob,
+        entry: tree.Entry,
+        full: str,
+        kind: str,
+        st: os.stat_result,
+        prev: tree.Entry | None,
+    ) -> None:
+        if not fill_attrs(entry, full, kind, st, prev, self.trust_attrs, self.warn):
+            job.no_cache = True
+
+    def _fresh_attrs(
+        self, job: DirJob, prev: tree.Entry, full: str, kind: str, st: os.stat_result
+    ) -> tree.Entry:
+        """An unchanged file's old entry with its attributes read again."""
+        entry = {k: v for k, v in prev.items() if k not in tree.ATTR_KEYS}
+        self._attrs(job, entry, full, kind, st, None)
+        return entry
 
     def _count_removed(self, parent_path: str, name: str, prev: tree.Entry) -> int:
         sub = tree.entry_subtree(prev)

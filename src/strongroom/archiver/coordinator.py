@@ -130,14 +130,23 @@ class Archiver:
         known = self.repo.known_blob_ids()
         dircache: dict[str, CachedDir] = {}
         loaded: dict[str, CachedDir] | None = None
-        if self.cache is not None and parent is not None and self.cache.snapshot_id() == parent.id:
+        if (
+            self.cache is not None
+            and parent is not None
+            and self.cache.snapshot_id() == parent.id
+            and self.cache.attrs_complete()
+        ):
             loaded = self.cache.load_dirs()
             dircache = {p: d for p, d in loaded.items() if d.refs <= known}
         counts = Counts()
         blobs = BlobSaver(self.repo, known)
         trees = ParentTrees(self.repo)
         files = FileSaver(blobs, self._known_small, self.workers, self.progress)
-        detector = ChangeDetector(dircache, trees, files, known, counts, self.progress, self._warn)
+        # Without this cache the parent may come from a version that recorded no attributes.
+        trust_attrs = loaded is not None
+        detector = ChangeDetector(
+            dircache, trees, files, known, counts, self.progress, self._warn, trust_attrs
+        )
         saver = TreeSaver(
             blobs,
             trees,

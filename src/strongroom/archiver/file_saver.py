@@ -30,8 +30,10 @@ from ..blobs import BlobType
 from ..bundler import SMALL_FILE_LIMIT
 from ..cache import small_record
 from ..chunker import Chunker
+from ..fsattrs import Pairs, read_attrs_fd
 from ..smallfiles import READ_FLAGS, BatchOutcome, Ref, SmallFileReader, init_process
 from ..smallfiles import read_batch_in_process as _read_in_process
+from ..sparse import DataReader, Extent, data_extents, holes, maybe_sparse
 from ..tree import ContentRef
 from .blob_saver import BlobSaver
 
@@ -50,8 +52,12 @@ ProgressFn = Callable[[int, int], None]  # (files done, bytes done) increments
 
 class Saved(NamedTuple):
     refs: list[ContentRef]
-    size: int
+    size: int  # the file's size, holes included
     changed: bool  # size or mtime changed while it was read: stored as read, re-read next time
+    xattrs: Pairs | None = None
+    flags: int = 0
+    warnings: list[str] | None = None  # attributes that could not be read
+    holes: list[Extent] | None = None  # a sparse file's holes (the refs hold only its data)
 
 
 class FileSkipped(Exception):
@@ -195,7 +201,10 @@ class FileSaver:
                     continue
                 files += 1
                 nbytes += res.size
-                results.append(Saved([ContentRef(*r) for r in res.refs], res.size, res.changed))
+                refs = [ContentRef(*r) for r in res.refs]
+                results.append(
+                    Saved(refs, res.size, res.changed, res.xattrs, res.flags, res.warnings)
+                )
             self.bytes_read += nbytes
             self.progress(files, nbytes)
         except BaseException as exc:
@@ -230,26 +239,37 @@ class FileSaver:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise FileSkipped(f"{full}: is no longer a regular file; skipped")
-            refs, size = self._read_chunked(fd, st.st_size)
+            gaps = holes(fd, st.st_size) if maybe_sparse(st) else []
+            refs, size = self._read_chunked(fd, st.st_size, gaps)
             after = os.fstat(fd)
+            xattrs, flags, warnings = read_attrs_fd(fd, full)
         except OSError as exc:
             raise FileSkipped(f"{full}: read error ({exc.strerror}); skipped") from None
         finally:
             os.close(fd)
+        self.bytes_read += size
+        size += sum(length for _start, length in gaps)
         changed = (
             size != st.st_size or after.st_size != st.st_size or after.st_mtime_ns != st.st_mtime_ns
         )
-        self.bytes_read += size
         self.progress(1, size)
-        return Saved(refs, size, changed)
+        return Saved(refs, size, changed, xattrs, flags, warnings, gaps or None)
 
-    def _read_chunked(self, fd: int, limit: int) -> tuple[list[ContentRef], int]:
+    def _read_chunked(
+        self, fd: int, limit: int, gaps: list[Extent]
+    ) -> tuple[list[ContentRef], int]:
+        """The file's data as chunks (only the data regions of a sparse file), and its length."""
         chunker: Chunker | None = getattr(self._local, "chunker", None)
         if chunker is None:
             chunker = Chunker(self.repo.keys.chunker_seed)
             self._local.chunker = chunker
         refs: list[ContentRef] = []
         size = 0
+        if gaps:
+            for view in chunker.chunks(DataReader(fd, data_extents(gaps, limit))):
+                refs.append(self.blobs.save_chunk(view))
+                size += len(view)
+            return refs, size
         with io.FileIO(os.dup(fd), "rb") as raw:
             # Read no further than the size lstat saw: a growing file cannot stall the backup.
             for view in chunker.chunks(_Limited(raw, limit)):

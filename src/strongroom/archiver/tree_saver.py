@@ -20,6 +20,8 @@ from ..blobs import BlobType
 from ..cache import CachedDir
 from ..errors import StrongroomError
 from ..fsmeta import entry_from_stat
+from .attrs import fill as fill_attrs
+from .attrs import set_attrs
 from .blob_saver import BlobSaver
 from .changes import Counts, DirJob
 from .file_saver import FileSkipped
@@ -104,11 +106,16 @@ class TreeSaver:
                 continue
             entry["content"] = [[r.blob_id.hex(), r.offset, r.length] for r in res.refs]
             entry["size"] = res.size
+            if res.holes:
+                tree.put(entry, "holes", [[start, length] for start, length in res.holes])
+            set_attrs(entry, res.xattrs, res.flags)
+            for message in res.warnings or ():
+                self.warn(message)
             job.content_ids.update(r.blob_id for r in res.refs)
             counts.add(p.change)
             if res.changed:
                 self.warn(f"{p.full}: changed while being read; stored as read, will be re-read")
-            if res.changed or entry["mtime_ns"] >= racy_after:
+            if res.changed or res.warnings or entry["mtime_ns"] >= racy_after:
                 # Changed while read, or modified within the timestamp resolution of this
                 # backup (a later write in the same tick would leave size and times unchanged;
                 # git's "racy clean" problem): ctime 0 makes the next backup read it again,
@@ -138,10 +145,12 @@ class TreeSaver:
     def _entries_from_old(self, job: DirJob) -> None:
         """The entries of a folder whose own entries are unchanged, from the parent's tree."""
         old = self.parent.entries(job.old_tree, self.warn)
-        for name, _full, kind, st in job.listing.items:
+        for name, full, kind, st in job.listing.items:
             entry = entry_from_stat(name, kind, st)
             if kind == tree.DIR:
                 job.dir_entries.append(len(job.entries))
+                if not fill_attrs(entry, full, kind, st, old.get(name), True, self.warn):
+                    job.no_cache = True
             else:
                 prev = old.get(name)
                 if prev is None or prev.get("type") != kind:
@@ -149,9 +158,8 @@ class TreeSaver:
                         f"local cache is inconsistent for {job.path}; "
                         f"delete {self.cache_hint} and run the backup again"
                     )
-                for key in ("content", "size", "target"):
-                    if key in prev and key in entry:
-                        entry[key] = prev[key]
+                tree.copy_keys(entry, prev, tree.CONTENT_KEYS)
+                tree.copy_keys(entry, prev, tree.ATTR_KEYS)
                 if kind == tree.FILE:
                     job.content_ids.update(tree.entry_refs(prev))
             job.entries.append(entry)

@@ -29,10 +29,14 @@ COMMANDS: dict[str, str] = {
     "diff": "browse_cmd",
     "restore": "restore_cmd",
     "check": "check_cmd",
+    "copy": "copy_cmd",
     "forget": "lifecycle",
     "protect": "lifecycle",
     "prune": "lifecycle",
     "schedule": "schedule",
+    "mount": "mount_cmd",
+    "recovery-key": "recovery_cmd",
+    "recover": "recovery_cmd",
 }
 
 handle_errors = _handle_errors("strongroom")

@@ -12,6 +12,7 @@ from ..repository import load_snapshots
 from ..snapshot import open_snapshot, resolve
 from . import format as fmt
 from .app import cli, handle_errors
+from .attrs_view import has_acl, json_fields, long_suffix
 from .errors import display as _display
 from .target import Where, open_repo, repo_options
 
@@ -97,13 +98,16 @@ def ls_cmd(where: Where, snapshot: str, path: str, long_: bool, as_json: bool) -
                             "mode": n.mode,
                             "size": n.size,
                             "mtime_ns": n.mtime_ns,
+                            **json_fields(n),
                         }
                     )
                 )
             elif long_:
                 link = f" -> {_display(n.target)}" if n.target is not None else ""
+                mode = fmt.mode_string(n) + ("+" if has_acl(n) else " ")  # "+": ls's ACL mark
                 click.echo(
-                    f"{fmt.mode_string(n)} {n.size:>12} {fmt.local_time(n.mtime_ns)} {shown}{link}"
+                    f"{mode} {n.size:>12} {fmt.local_time(n.mtime_ns)} {shown}{link}"
+                    f"{long_suffix(n)}"
                 )
             else:
                 click.echo(shown)
@@ -117,7 +121,10 @@ def ls_cmd(where: Where, snapshot: str, path: str, long_: bool, as_json: bool) -
 @click.argument("snapshot2")
 @handle_errors
 def diff_cmd(where: Where, snapshot1: str, snapshot2: str) -> None:
-    """Show what changed between two snapshots (+ added, - removed, M modified, T type changed)."""
+    """Show what changed between two snapshots (+ added, - removed, M modified, T type changed).
+
+    Modified includes changes of metadata only: mode, owner, extended attributes, ACLs, flags.
+    """
     r = open_repo(where)
     counts = {"+": 0, "-": 0, "M": 0, "T": 0}
     try:

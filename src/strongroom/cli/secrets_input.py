@@ -10,7 +10,11 @@ from ..errors import StrongroomError, UsageError
 
 
 def read_password(
-    password_file: str | None, *, confirm: bool = False, prompt: str = "Password"
+    password_file: str | None,
+    *,
+    confirm: bool = False,
+    prompt: str = "Password",
+    env: str = "STRONGROOM_PASSWORD",
 ) -> bytes:
     if password_file:
         try:
@@ -22,13 +26,12 @@ def read_password(
         if not pw:
             raise UsageError(f"password file {password_file} is empty")
         return pw
-    env = os.environ.get("STRONGROOM_PASSWORD")
-    if env:
-        return env.encode("utf-8")
+    from_env = os.environ.get(env)
+    if from_env:
+        return from_env.encode("utf-8")
     if not sys.stdin.isatty():
-        raise UsageError(
-            "no password given: set STRONGROOM_PASSWORD, use --password-file, or run on a terminal"
-        )
+        option = "--to-password-file" if env == "STRONGROOM_TO_PASSWORD" else "--password-file"
+        raise UsageError(f"no password given: set {env}, use {option}, or run on a terminal")
     try:
         first = getpass.getpass(f"{prompt}: ")
         if not first:

@@ -21,6 +21,8 @@ from .secrets_input import read_new_password, read_password
 
 if TYPE_CHECKING:
     from ..client.remote import RemoteRepository
+    from ..recovery import RecoveryKey
+    from .recovery_io import RecoveryOutput
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -122,23 +124,37 @@ def old_password_prompt() -> bytes:
     return read_password(None, prompt="Your previous password (it locks your existing backups)")
 
 
+def local_path(where: Where) -> Path | None:
+    """The local repository folder (--repo), checked; None for a server."""
+    if where.repo and where.server:
+        raise UsageError("give either --repo (a local folder) or --server, not both")
+    if not where.repo:
+        return None
+    path = Path(where.repo)
+    if not (path / "index.sqlite").is_file():
+        raise StrongroomError(
+            f"no strongroom repository at {where.repo} (create one with 'strongroom init')"
+        )
+    return path
+
+
 def open_repo(
     where: Where,
     *,
     writer: bool = False,
     new_password: Callable[[], bytes] | None = None,
     old_password: Callable[[], bytes] | None = None,
+    recovery_output: RecoveryOutput | None = None,
 ) -> Repository:
-    if where.repo and where.server:
-        raise UsageError("give either --repo (a local folder) or --server, not both")
-    if where.repo:
-        path = Path(where.repo)
-        if not (path / "index.sqlite").is_file():
-            raise StrongroomError(
-                f"no strongroom repository at {where.repo} (create one with 'strongroom init')"
-            )
+    path = local_path(where)
+    if path is not None:
         return LocalRepository.open(path, read_password(where.password_file), writer=writer)
-    return connect(where, new_password=new_password, old_password=old_password)
+    return connect(
+        where,
+        new_password=new_password,
+        old_password=old_password,
+        recovery_output=recovery_output,
+    )
 
 
 def connect(
@@ -148,6 +164,9 @@ def connect(
     old_password: Callable[[], bytes] | None = None,
     remember: bool | None = None,
     accept_new_keys: bool = False,
+    recovery_key: RecoveryKey | None = None,
+    recovery_output: RecoveryOutput | None = None,
+    password: bytes | None = None,
 ) -> RemoteRepository:
     """Log in to the server named by the options, the environment or the saved config.
 
@@ -155,10 +174,14 @@ def connect(
     did, and offers to remember them. `remember=True` saves without asking (`login`).
     The account's pins (key-derivation cost, key check) are always kept in the config;
     `accept_new_keys` forgets them first, for an account the admin recreated on purpose.
+    A login that creates the account's keys also makes a recovery key and hands it to
+    `recovery_output` (default: shown on the terminal); `recovery_key` opens the keys after an
+    admin reset instead of the previous password (`strongroom recover`).
     """
     from ..client.config import AccountPin, ClientConfig, account_key
-    from ..client.login import Target, login, open_connection
+    from ..client.login import Recovery, Target, login, open_connection
     from ..client.transport import format_address, parse_address
+    from .recovery_io import RecoveryOutput
 
     cfg = ClientConfig.load()
     server = where.server or cfg.server
@@ -183,7 +206,8 @@ def connect(
             return True
         return False
 
-    password = read_password(where.password_file, prompt=f"Password for {user} at {server}")
+    if password is None:
+        password = read_password(where.password_file, prompt=f"Password for {user} at {server}")
     if new_password is None and sys.stdin.isatty():
         new_password = new_password_prompt
     if old_password is None and sys.stdin.isatty():
@@ -193,6 +217,12 @@ def connect(
         cfg.save()  # forgotten even if this login stops at a forced password change
     known = cfg.accounts.get(pin_key)
     pin = AccountPin(**vars(known)) if known is not None else AccountPin()
+    output = recovery_output or RecoveryOutput()
+    output.label = f"{user} at {key}"
+    recovery = Recovery(
+        key=(lambda: recovery_key) if recovery_key is not None else None,
+        made=output.deliver if output.enabled else None,
+    )
     transport = open_connection(Target(server, user, pinned, where.ca_file), trust)
     try:
         repo = login(
@@ -202,6 +232,7 @@ def connect(
             pin=pin,
             new_password=new_password,
             old_password=old_password,
+            recovery=recovery,
         )
     except BaseException:
         transport.close()

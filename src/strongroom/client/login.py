@@ -2,7 +2,8 @@
 
 The password is stretched once with Argon2id (salt and cost from the server) and split into an
 auth key, which is sent over TLS, and a key-encryption key (KEK), which never leaves this
-process and unwraps the data keys the server holds for us.
+process and unwraps the data keys the server holds for us. After an admin reset the keys are
+opened with the user's previous password or their recovery key, and wrapped under the new one.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 from .. import __version__, crypto
 from ..errors import IntegrityError, StrongroomError, WrongPasswordError
 from ..fingerprint import normalize_fingerprint
-from ..keys import KeyFile, RepoKeys, unlock, unwrap
+from ..keys import KeyFile, RepoKeys, auth_hash, create_keyfile, unlock, unwrap
 from ..protocol import messages as m
+from ..recovery import RecoveryKey
 from .config import AccountPin
-from .remote import Account, RemoteRepository, new_keyfile
+from .remote import Account, RemoteRepository
 from .transport import FingerprintMismatch, Transport, expect, parse_address
 
 PasswordSource = Callable[[], bytes]
@@ -32,6 +34,18 @@ class Target:
 
 class PasswordChangeRequired(StrongroomError):
     pass
+
+
+@dataclass
+class Recovery:
+    """What this login does with recovery keys.
+
+    `key`: `strongroom recover`: after an admin reset, open the keys with this recovery key
+    instead of the previous password. `made`: when this login creates the account's keys,
+    also make a recovery key and hand it here once the server holds its wrapping."""
+
+    key: Callable[[], RecoveryKey] | None = None
+    made: Callable[[RecoveryKey], None] | None = None
 
 
 def mismatch_warning(address: str, pinned: str, actual: str) -> str:
@@ -78,9 +92,11 @@ def login(
     pin: AccountPin | None = None,
     new_password: PasswordSource | None = None,
     old_password: PasswordSource | None = None,
+    recovery: Recovery | None = None,
 ) -> RemoteRepository:
     """Log in and unlock the keys. A password set by the admin is replaced first, which needs
-    `new_password` (and `old_password` when existing backups are locked with an earlier one).
+    `new_password` (and `old_password` or `recovery.key` when existing backups are locked
+    with an earlier one).
 
     `pin` is what this computer remembers of the account (client.json); it is checked before
     anything derived from the password is sent, and updated in place after a good login."""
@@ -103,19 +119,31 @@ def login(
         append_only=bool(answer.flags & m.LOGIN_APPEND_ONLY),
         kdf=wrap_kdf,
     )
+    recovery = recovery or Recovery()
     keyfile = KeyFile.from_json(answer.keyfile) if answer.keyfile else None
-    if answer.flags & m.LOGIN_MUST_CHANGE_PASSWORD:
+    reset = bool(answer.flags & m.LOGIN_MUST_CHANGE_PASSWORD)
+    if reset:
         if new_password is None:
             raise PasswordChangeRequired(
                 "your password was set by the admin: choose your own first with "
                 "'strongroom passwd' (the admin must not be able to read your backups)"
             )
-        keys = _keys_for_change(
-            keyfile, password, pk, params.salt, kdf, old_password, pin, transport.address
-        )
+        if recovery.key is not None:
+            keys = _keys_from_recovery(keyfile, recovery.key)
+        else:
+            keys = _keys_for_change(
+                keyfile, password, pk, params.salt, kdf, old_password, pin, transport.address
+            )
         _check_keys(keys, pin, transport.address)
         fresh = new_password()
-        transport.call(m.SetKeyFile(new_keyfile(fresh, keys, wrap_kdf)), 60)
+        made = RecoveryKey.generate() if keyfile is None and recovery.made else None
+        # New keys get a recovery key; existing ones keep their recovery wrapping as it was
+        # (it seals these same keys, so the user's recovery key keeps working).
+        kept = made.wrap(keys) if made else (keyfile.recovery if keyfile else None)
+        keyfile = create_keyfile(fresh, keys, wrap_kdf, recovery=kept)
+        expect(transport.call(m.SetKeyFile(keyfile.to_json().encode()), 60), m.Ok, "SET_KEYFILE")
+        if made is not None and recovery.made is not None:
+            recovery.made(made)
     else:
         if keyfile is None:
             raise StrongroomError("the server holds no keys for this account; ask the admin")
@@ -128,7 +156,17 @@ def login(
     pin.memory_kib = max(pin.memory_kib, kdf.memory_kib)
     pin.iterations = max(pin.iterations, kdf.iterations)
     pin.key_check = keys.check_value()
-    return RemoteRepository(transport, keys, account)
+    repo = RemoteRepository(transport, keys, account)
+    repo.keyfile = keyfile
+    repo.reset = reset
+    # Only a key file whose verifier is this login's may be resent with just its recovery
+    # wrapping changed (recovery-key create/rotate/remove); otherwise it is re-wrapped.
+    repo.keyfile_is_login = reset or (
+        keyfile.salt == params.salt
+        and keyfile.kdf == kdf
+        and crypto.constant_time_equal(keyfile.auth_hash, auth_hash(pk.auth_key))
+    )
+    return repo
 
 
 KDF_MAX_MEMORY_KIB = 1024 * 1024
@@ -224,6 +262,25 @@ def _check_keys(keys: RepoKeys, pin: AccountPin, address: str) -> None:
         )
 
 
+def _keys_from_recovery(
+    keyfile: KeyFile | None, recovery_key: Callable[[], RecoveryKey]
+) -> RepoKeys:
+    """`strongroom recover`: the keys from the recovery wrapping, never from the password the
+    admin set. AES-GCM authenticates them: only the user's own recovery key opens them, so
+    no one at the server can have planted them."""
+    if keyfile is None:
+        raise StrongroomError(
+            "this account holds no keys yet, so there is nothing to recover: run "
+            "'strongroom passwd' to choose your password"
+        )
+    if keyfile.recovery is None:
+        raise StrongroomError(
+            "this account has no recovery key: your backups open only with your previous "
+            "password ('strongroom passwd --old-password-file')"
+        )
+    return recovery_key().unwrap(keyfile.recovery)
+
+
 def _keys_for_change(
     keyfile: KeyFile | None,
     admin_password: bytes,
@@ -257,7 +314,8 @@ def _keys_for_change(
     if old_password is None:
         raise PasswordChangeRequired(
             "the admin reset your password, but your backups are locked with your previous one: "
-            "run 'strongroom passwd' on a terminal (or with --old-password-file) to unlock them"
+            "run 'strongroom passwd' on a terminal (or with --old-password-file) to unlock them, "
+            "or 'strongroom recover' with your recovery key"
         )
     check_kdf(keyfile.kdf, pin, address)
     try:

@@ -18,8 +18,8 @@ from typing import Any, Generic, TypeVar
 
 from .. import crypto
 from ..blobs import CodecPool
-from ..errors import IntegrityError
-from ..keys import RepoKeys, create_keyfile
+from ..errors import IntegrityError, StrongroomError
+from ..keys import KeyFile, RepoKeys, create_keyfile
 from ..protocol import messages as m
 from ..store import SnapshotRow
 from .transport import Transport, expect
@@ -53,6 +53,11 @@ class RemoteRepository:
         self._lock = threading.Lock()
         self._in_flight: deque[concurrent.futures.Future[m.Message]] = deque()
         self._sent = 0
+        # Set by login(): the key file as the server now holds it, whether this login was an
+        # admin reset, and whether the key file's verifier is this login's.
+        self.keyfile: KeyFile | None = None
+        self.reset = False
+        self.keyfile_is_login = False
 
     @property
     def repo_id(self) -> str:
@@ -260,7 +265,27 @@ class RemoteRepository:
         expect(self.transport.call(m.ReportFailure(text)), m.Ok, "REPORT_FAILURE")
 
     def change_password(self, new_password: bytes) -> None:
-        self.transport.call(m.SetKeyFile(new_keyfile(new_password, self.keys, self.account.kdf)))
+        """New salt and wrapping for the new password; the recovery wrapping is kept."""
+        recovery = self.keyfile.recovery if self.keyfile else None
+        self._send_keyfile(
+            create_keyfile(new_password, self.keys, self.account.kdf, recovery=recovery)
+        )
+
+    def set_recovery(self, wrapped: bytes | None) -> None:
+        """Replace (or with None remove) the recovery wrapping; the password's is sent back
+        unchanged, which an append-only account may do (docs/PROTOCOL.md)."""
+        if self.keyfile is None or not self.keyfile_is_login:
+            raise StrongroomError(
+                "this account's key file is not the one your password logs in with; run "
+                "'strongroom passwd' first"
+            )
+        self._send_keyfile(self.keyfile.with_recovery(wrapped))
+
+    def _send_keyfile(self, keyfile: KeyFile) -> None:
+        answer = self.transport.call(m.SetKeyFile(keyfile.to_json().encode()), 60)
+        expect(answer, m.Ok, "SET_KEYFILE")
+        self.keyfile = keyfile
+        self.keyfile_is_login = True
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # best effort: the connection may be gone
@@ -309,8 +334,3 @@ def _items(part: m.Ids | m.Blobs | m.SnapshotRows) -> int:
     if isinstance(part, m.Blobs):
         return len(part.blobs)
     return len(part.rows)
-
-
-def new_keyfile(password: bytes, keys: RepoKeys, kdf: crypto.KdfParams) -> bytes:
-    """The key file for a new password: fresh salt, same keys (data stays readable)."""
-    return create_keyfile(password, keys, kdf).to_json().encode()

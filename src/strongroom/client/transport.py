@@ -250,6 +250,11 @@ class Transport:
 
     # ---- API for any thread ---------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """True once the connection is gone (closed, lost, or dropped by the server)."""
+        return self._closed is not None or self._loop.is_closed()
+
     def request(self, msg: m.Message) -> concurrent.futures.Future[m.Message]:
         """Send `msg` and return the future of its single answer (pipelined)."""
         rid = next(self._ids)

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from ..cli import format as fmt
-from .operations import last_run
 from .opsdb import DAY_NS, Alert
 from .overview import AccountStatus, all_statuses, disk_status, record_daily_usage
+from .runs import last_run
 
 if TYPE_CHECKING:
-    from .app import ServerContext
+    from .context import ServerContext
 
 log = logging.getLogger("strongroom.server")
 

@@ -32,7 +32,6 @@ from .userdb import UserDB
 
 if TYPE_CHECKING:
     from ..db.postgres import PostgresDatabase
-    from .config import ServerConfig
 
 TRASH_PREFIX = ".purge-"
 
@@ -204,13 +203,3 @@ def open_embedded(root: Path) -> Backend:
         sessions=LocalSessions(),
         describe=f"data folder: {root.resolve()}",
     )
-
-
-def open_backend(config: ServerConfig, *, node: str | None = None) -> Backend:
-    """The deployment the settings name. `node`: this server node's ID and address, which
-    registers it for heartbeats (the admin tool passes None: it holds no sessions)."""
-    if not config.scaleout:
-        return open_embedded(config.data_dir)
-    from .scaleout import open_scaleout
-
-    return open_scaleout(config, node)

@@ -16,7 +16,7 @@ from .config import load_config
 if TYPE_CHECKING:
     import ssl
 
-    from .app import ServerContext
+    from .context import ServerContext
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,10 +67,11 @@ if TYPE_CHECKING:
 @handle_errors("strongroom-server")
 def main(config_file: str | None, **flags: Any) -> None:
     """Serve encrypted backups to strongroom clients over TLS."""
-    from .app import ServerContext, setup_logging
-    from .backend import open_backend
+    from .app import setup_logging
+    from .context import ServerContext
     from .deployment import refuse_argv_secrets
     from .identity import materialise, shared_identity
+    from .opener import open_backend
     from .purge import finish_purges
     from .tls import certificate_fingerprint, ensure_certificate, server_ssl_context
 

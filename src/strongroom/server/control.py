@@ -26,7 +26,7 @@ from .stores import UserStore, decide
 from .userdb import User
 
 if TYPE_CHECKING:
-    from .app import ServerContext
+    from .context import ServerContext
 
 log = logging.getLogger("strongroom.server")
 

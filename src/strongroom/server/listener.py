@@ -16,11 +16,11 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from .session import ACCOUNT_CHANGED
+from .logins import ACCOUNT_CHANGED
 from .userdb import ACCOUNT_CHANNEL
 
 if TYPE_CHECKING:
-    from .app import ServerContext
+    from .context import ServerContext
 
 log = logging.getLogger("strongroom.server")
 

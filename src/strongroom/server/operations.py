@@ -6,9 +6,6 @@ Every function is blocking (database and storage work): call it from a thread.
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..crypto import KdfParams
@@ -17,20 +14,11 @@ from .accounts import add_user, login_material
 from .config import default_kdf
 from .control import retain, storage_held
 from .purge import finish_purges
-from .userdb import User, UserDB
+from .runs import record_scrub
+from .userdb import User
 
 if TYPE_CHECKING:
-    from .app import ServerContext
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """The last GC or scrub of an account (or of the server), as the dashboard shows it."""
-
-    time_ns: int
-    user: str
-    summary: str
-    ok: bool
+    from .context import ServerContext
 
 
 def reset_kdf(user: User) -> KdfParams:
@@ -86,34 +74,6 @@ def run_scrub(ctx: ServerContext, user: User) -> dict[str, Any]:
         store.close()
     record_scrub(ctx.userdb, user, report)
     return report
-
-
-def record_scrub(userdb: UserDB, user: User, report: dict[str, Any]) -> None:
-    """Keep a scrub's outcome for the dashboard and the alerts (the admin tool's scrub too)."""
-    problems = len(report.get("problems", []))
-    summary = f"{report.get('packs', 0)} packs, {report.get('blobs', 0)} blobs: " + (
-        "ok" if problems == 0 else f"{problems} problem(s)"
-    )
-    record_run(userdb, "scrub", user, summary, problems == 0)
-
-
-def record_run(userdb: UserDB, kind: str, user: User, summary: str, ok: bool) -> None:
-    value = json.dumps({"time_ns": time.time_ns(), "user": user.name, "summary": summary, "ok": ok})
-    userdb.set_setting(f"run:{kind}", value)
-    userdb.set_setting(f"run:{kind}:{user.id}", value)
-
-
-def last_run(userdb: UserDB, kind: str, user: User | None = None) -> RunRecord | None:
-    raw = userdb.get_setting(f"run:{kind}" if user is None else f"run:{kind}:{user.id}")
-    if raw is None:
-        return None
-    try:
-        obj = json.loads(raw)
-        return RunRecord(
-            int(obj["time_ns"]), str(obj["user"]), str(obj["summary"]), bool(obj["ok"])
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def delete_user(ctx: ServerContext, user: User, *, purge: bool) -> bool:

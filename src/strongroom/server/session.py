@@ -21,7 +21,6 @@ from ..blobs import BlobType
 from ..db import ConstraintError
 from ..errors import IntegrityError, RepositoryError, StrongroomError
 from ..keys import KeyFile
-from ..names import fold_name
 from ..protocol import messages as m
 from ..protocol.codec import ID_SIZE, ProtocolError
 from ..protocol.framing import MAX_FRAME, MAX_LOGIN_FRAME, Frame, FrameDecoder, encode_frame
@@ -31,6 +30,7 @@ from ..store.gc import GcReport
 from ..store.packstore import RootNotInManifest
 from . import auth
 from .limits import Slot
+from .logins import ACCOUNT_CHANGED, ACCOUNT_GONE, account_change, check_auth_key
 from .manifest import ManifestStaging
 from .opsdb import clean_text
 from .stores import MIN_STORED_BLOB, QuotaExceeded, SnapshotLimit, UserStore
@@ -38,7 +38,7 @@ from .throttle import LoginRefused, address_group
 from .userdb import User
 
 if TYPE_CHECKING:
-    from .app import ServerContext
+    from .context import ServerContext
 
 log = logging.getLogger("strongroom.server")
 
@@ -51,11 +51,6 @@ MAX_RECORD = 1024 * 1024
 MAX_TIME_NS = 2**63 - 1  # what the database's INTEGER holds
 MAX_STORED_BLOB = 16 * 1024 * 1024 + 1024
 _BLOB_TYPES = frozenset(int(t) for t in BlobType)
-
-
-ACCOUNT_CHANGED = (
-    "this account's password, keys or append-only setting changed since you logged in; log in again"
-)
 
 
 class Close(Exception):
@@ -345,23 +340,18 @@ class Session:
 
     async def _check_login(self, msg: m.Login) -> User | None:
         """The user if the auth key is right, else None (after the throttle's delay)."""
-        async with self.ctx.throttle.attempt(fold_name(msg.user), self.slot.group) as attempt:
-            user = await self._thread(self.ctx.userdb.get, msg.user)
-            if not auth.verify(user, msg.auth_key) or user is None:
-                attempt.failed()
-                self.ctx.metrics.auth_failures.inc()
-                log.warning("%s: login failed for user %r", self.address, msg.user)
-                return None
-            attempt.succeeded()
-            return user
+        return await check_auth_key(
+            self.ctx, msg.user, msg.auth_key, self.slot.group, self.address, self._thread
+        )
 
     async def _current_user(self) -> User:
         """The user's row as it is now: admin changes apply to open connections at once."""
         assert self.user is not None
         user = await self._thread(self.ctx.userdb.get_by_id, self.user.id)
-        if user is None or user.storage_id != self.user.storage_id:
-            raise Close(m.Error(m.ErrorCode.ACCOUNT_GONE, "this account was deleted"))
-        if user.generation != self.generation:
+        change = account_change(user, self.user.storage_id, self.generation)
+        if change == ACCOUNT_GONE or user is None:
+            raise Close(m.Error(m.ErrorCode.ACCOUNT_GONE, ACCOUNT_GONE))
+        if change is not None:
             raise Close(m.Error(m.ErrorCode.SESSION_ENDED, ACCOUNT_CHANGED))
         self.user = user
         return user
@@ -476,9 +466,27 @@ class Session:
         if user.must_change_password and not self.admin_password_login:
             # Only whoever holds the password the admin just set may choose the next one.
             raise _Forbidden("the admin reset this account's password; log in with the new one")
-        if user.append_only and user.keyfile is not None and not user.must_change_password:
-            # Replacing the wrapped keys could make every backup unreadable: a delete in effect.
-            raise _Forbidden("append-only account: ask the admin to reset your password")
+        current = user.keyfile
+        if current is not None and not user.must_change_password:
+            if KeyFile.from_json(current).same_login(keyfile):
+                # Only the recovery wrapping changes: the password opens the same keys, so even
+                # an append-only account may, and no session needs to end.
+                await self._thread(
+                    functools.partial(
+                        self.ctx.userdb.set_recovery_wrapping,
+                        user.id,
+                        keyfile,
+                        generation=self.generation,
+                        current=current,
+                    )
+                )
+                log.info("%s: user %r changed their recovery key", self.address, user.name)
+                await self._send(m.Ok(), rid)
+                return
+            if user.append_only:
+                # Replacing the wrapped keys could make every backup unreadable: a delete in
+                # effect.
+                raise _Forbidden("append-only account: ask the admin to reset your password")
         previous = self.generation
         # Counted as this session's own from the start: the notice of this very change
         # (server/listener.py) may arrive before the call returns, and must not end it.

@@ -289,6 +289,22 @@ class UserDB:
             announce_change(tx, uid)
         return generation + 1
 
+    def set_recovery_wrapping(
+        self, uid: int, keyfile: KeyFile, *, generation: int, current: bytes
+    ) -> None:
+        """The user's recovery key made, replaced or removed: only the key file's recovery
+        wrapping changes (the caller checked that its password part is `current`'s), so the
+        login and the keys stay as they are and the generation does not move: no session
+        ends. Only if the row still holds `current` at `generation` and no reset is pending."""
+        with self.db.transaction() as tx:
+            cur = tx.execute(
+                "UPDATE users SET keyfile = ? WHERE id = ? AND generation = ? "
+                "AND must_change_password = 0 AND keyfile = ?",
+                (keyfile.to_json().encode(), uid, generation, current),
+            )
+            if cur.rowcount == 0:
+                raise StrongroomError("this account was changed or deleted meanwhile; log in again")
+
     def update(
         self,
         name: str,

@@ -16,7 +16,7 @@ from .. import operations
 from ..userdb import User, parse_quota, parse_window, validate_username
 
 if TYPE_CHECKING:
-    from ..app import ServerContext
+    from ..context import ServerContext
 
 Form = dict[str, str]
 
@@ -136,7 +136,11 @@ async def reset_password(ctx: ServerContext, name: str | None, form: Form) -> Ou
     await ctx.end_sessions(user.id, "the admin reset this account's password")
     return Outcome(
         f"password of {user.name} reset; they must choose a new one at their next login"
-        + (" (their backups stay locked with their previous password)" if user.keyfile else ""),
+        + (
+            " (their backups stay locked with their previous password or recovery key)"
+            if user.keyfile
+            else ""
+        ),
         f"reset the password of {user.name!r}",
     )
 

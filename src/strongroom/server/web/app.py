@@ -33,9 +33,10 @@ from ..throttle import LoginRefused, address_group
 from . import actions
 from .auth import COOKIE, ConsoleSession, Sessions, check_csrf, fake_salt, verify_password
 from .pages import dashboard_page, user_page
+from .restore_api import UserWeb, is_user_path
 
 if TYPE_CHECKING:
-    from ..app import ServerContext
+    from ..context import ServerContext
 
 log = logging.getLogger("strongroom.server")
 
@@ -76,6 +77,8 @@ class Console:
         )
         self.static = Path(str(resources.files("strongroom.server.web") / "static"))
         self.metrics_token = _read_token(ctx.config.metrics_token_file)
+        # The users' restore page (issue 13): its own sessions, never the console's cookie.
+        self.user_web = UserWeb(ctx)
 
     # ---- the application ----------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class Console:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/favicon.ico", self.favicon)
         app.router.add_static("/static", self.static, follow_symlinks=False)
+        self.user_web.add_routes(app)
         return app
 
     @web.middleware
@@ -121,6 +125,8 @@ class Console:
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in _PUBLIC or request.path.startswith("/static/"):
+            return await handler(request)
+        if is_user_path(request.path):  # the restore page: its own bearer sessions
             return await handler(request)
         session = self.sessions.get(request.cookies.get(COOKIE))
         if session is None:
@@ -273,6 +279,7 @@ async def start_console(
         return None
     console = Console(ctx)
     ctx.console_sessions = console.sessions
+    ctx.user_web = console.user_web
     runner = web.AppRunner(console.application(), access_log=None, handle_signals=False)
     await runner.setup()
     host = cfg.web_host or cfg.host

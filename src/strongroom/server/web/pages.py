@@ -7,13 +7,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...retention import Policy
-from ..operations import last_run, snapshot_sizes
+from ..operations import snapshot_sizes
 from ..opsdb import DAY_NS
 from ..overview import AccountStatus, account_status, all_statuses, disk_status
+from ..runs import last_run
 from ..userdb import format_window
 
 if TYPE_CHECKING:
-    from ..app import ServerContext
+    from ..context import ServerContext
 
 HISTORY_DAYS = 30  # the charts, and the growth the "estimated full" date extrapolates
 

@@ -1,0 +1,1 @@
+"""Copying snapshots between two repositories the user can open (`strongroom copy`)."""
