@@ -49,3 +49,11 @@ echo "== mypy --strict"
 .venv/bin/mypy --strict src/strongroom
 echo "== pytest"
 .venv/bin/python -m pytest -n 2 -q "$@"
+if [ "$#" -eq 0 ]; then
+    # The network end-to-end tests once more, each against two scale-out nodes on PostgreSQL
+    # and radosgw behind a round-robin proxy (tests/clusterfixtures.py: ClusterServer).
+    echo "== pytest: the network end-to-end tests through two scale-out nodes"
+    STRONGROOM_TEST_NODES=2 .venv/bin/python -m pytest -n 2 -q -m "not embedded_only" \
+        tests/test_network_e2e.py tests/test_network_tls.py tests/test_network_interactive.py \
+        tests/test_adversarial_commits.py tests/test_server_hostile.py tests/test_recovery.py
+fi

@@ -136,4 +136,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 # Network fixtures (a real strongroom-server per test): see tests/netfixtures.py.
-pytest_plugins = ["netfixtures"]
+pytest_plugins = ["netfixtures", "pgfixtures", "s3fixtures", "clusterfixtures"]

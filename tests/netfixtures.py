@@ -37,6 +37,8 @@ def exe(name: str) -> list[str]:
 class Server:
     """strongroom-server as a child process: start, stop (SIGTERM), kill (SIGKILL), restart."""
 
+    embedded = True  # a data folder of its own (clusterfixtures.ClusterServer: False)
+
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.extra = extra
@@ -205,7 +207,14 @@ def finish(proc: subprocess.Popen[str], timeout: float = 120) -> Result:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A fresh server; with STRONGROOM_TEST_NODES=2, two scale-out nodes on PostgreSQL and
+    radosgw behind a round-robin proxy (tests/clusterfixtures.py), same interface."""
+    from clusterfixtures import cluster_server, nodes_wanted
+
+    if nodes_wanted() > 1:
+        yield from cluster_server(request, tmp_path)
+        return
     srv = Server(tmp_path / "server-data").start()
     try:
         yield srv

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from clusterfixtures import ClusterServer
 from conftest import PASSWORD, Cli, Result, tree_state
 from netfixtures import ADMIN_PASSWORD, KDF_ENV, NetCli, Server, finish, spawn
 
@@ -363,12 +364,15 @@ def test_two_users_at_the_same_time_are_isolated(server: Server, tmp_path: Path)
 
     ids = storage_ids(server)
     assert ids["alice"] != ids["bob"]
-    a_dir, b_dir = (server.data_dir / "storage" / ids[n] for n in ("alice", "bob"))
-    assert a_dir.is_dir() and b_dir.is_dir()
-    assert "alice" not in str(a_dir) and "bob" not in str(b_dir)  # named by a random ID
     # Each user's storage holds that user's data: both hold the shared file's ~6 MiB.
-    for d in (a_dir, b_dir):
-        assert sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) > 9 * MiB
+    usage = {u["name"]: u for u in json.loads(server.admin("usage", "--json").stdout)}
+    assert usage["alice"]["stored_bytes"] > 9 * MiB and usage["bob"]["stored_bytes"] > 9 * MiB
+    if server.embedded:
+        a_dir, b_dir = (server.data_dir / "storage" / ids[n] for n in ("alice", "bob"))
+        assert a_dir.is_dir() and b_dir.is_dir()
+        assert "alice" not in str(a_dir) and "bob" not in str(b_dir)  # named by a random ID
+        for d in (a_dir, b_dir):
+            assert sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) > 9 * MiB
 
 
 @pytest.mark.timeout(240)
@@ -456,8 +460,11 @@ def test_server_data_folder_reveals_no_names_contents_or_passwords(
     needles = _needles(secrets)
 
     def scan(where: str) -> int:
-        files = [p for p in server.data_dir.rglob("*") if p.is_file()]
-        files.append(server.log)
+        if isinstance(server, ClusterServer):  # PostgreSQL's tables and the bucket's objects
+            files = server.stored_state(tmp_path / f"state-{where.replace(' ', '-')}")
+        else:
+            files = [p for p in server.data_dir.rglob("*") if p.is_file()]
+            files.append(server.log)
         total = 0
         for f in files:
             for name in folder_names + file_names:
@@ -471,7 +478,7 @@ def test_server_data_folder_reveals_no_names_contents_or_passwords(
 
     running = scan("server running")
     assert running > 5 * MiB  # the scan did see the stored data
-    assert any(p.suffix == ".sqlite" for p in server.data_dir.rglob("*"))
+    assert server.embedded == any(p.suffix == ".sqlite" for p in server.data_dir.rglob("*"))
     assert server.stop() == 0  # SQLite folds its write-ahead log into the database files
     scan("server stopped")
 
@@ -629,6 +636,7 @@ def test_login_pins_on_first_use_and_refuses_another_certificate(
 # ---- server restart ------------------------------------------------------------------------
 
 
+@pytest.mark.embedded_only  # one process stopped; two nodes restarted: test_scaleout.py
 @pytest.mark.timeout(180)
 def test_server_restart_keeps_users_and_snapshots(
     server: Server, alice: NetCli, tmp_path: Path
