@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import tree
@@ -81,6 +81,9 @@ def _decodes(codec: BlobCodec, blob_id: bytes, data: bytes) -> bool:
     return True
 
 
+TREES_PER_READ = 256  # trees of one level fetched with one request (one ranged GET per pack run)
+
+
 def _referenced(
     repo: Repository,
     root: bytes,
@@ -89,42 +92,72 @@ def _referenced(
     report: CheckReport,
     snap: Snapshot,
 ) -> set[bytes]:
-    """All blob IDs reachable from a root tree, reporting missing or unreadable ones."""
+    """All blob IDs reachable from a root tree, reporting missing or unreadable ones. Trees
+    are read a level at a time, many per request: on a server whose packs are objects in S3
+    one round trip per tree cost ~50 ms each."""
     out: set[bytes] = set()
-    stack = [root]
+    frontier = [root]
     codec = repo.codecs.get()
-    while stack:
-        tid = stack.pop()
-        out.add(tid)
-        if tid in seen:
-            contents, subtrees = seen[tid]
-            out |= contents
-            stack.extend(subtrees)
-            continue
-        children: set[bytes] = set()
-        subs: list[bytes] = []
-        seen[tid] = (children, subs)
-        if tid not in index:
-            report.errors.append(f"snapshot {snap.short_id}: tree {tid.hex()[:16]} is missing")
-            continue
-        try:
-            nodes = tree.decode_tree(codec.decode(tid, _read_one(repo, tid)))
-        except StrongroomError as exc:
-            report.errors.append(f"snapshot {snap.short_id}: {exc}")
-            report.damaged_blobs.add(tid)
-            continue
-        for node in nodes:
-            for ref in node.content:
-                children.add(ref.blob_id)
-                if ref.blob_id not in index:
-                    report.errors.append(
-                        f"snapshot {snap.short_id}: data blob {ref.blob_id.hex()[:16]} is missing"
-                    )
-            if node.subtree is not None:
-                subs.append(node.subtree)
-                stack.append(node.subtree)
-        out |= children
+    while frontier:
+        wanted: list[bytes] = []
+        following: list[bytes] = []
+        for tid in frontier:
+            out.add(tid)
+            if tid in seen:
+                contents, subtrees = seen[tid]
+                out |= contents
+                following.extend(subtrees)
+                continue
+            seen[tid] = (set(), [])
+            if tid not in index:
+                report.errors.append(f"snapshot {snap.short_id}: tree {tid.hex()[:16]} is missing")
+                continue
+            wanted.append(tid)
+        for tid, raw in _read_trees(repo, wanted, report, snap):
+            children, subs = seen[tid]
+            try:
+                nodes = tree.decode_tree(codec.decode(tid, raw))
+            except StrongroomError as exc:
+                report.errors.append(f"snapshot {snap.short_id}: {exc}")
+                report.damaged_blobs.add(tid)
+                continue
+            for node in nodes:
+                for ref in node.content:
+                    children.add(ref.blob_id)
+                    if ref.blob_id not in index:
+                        report.errors.append(
+                            f"snapshot {snap.short_id}: data blob {ref.blob_id.hex()[:16]} "
+                            "is missing"
+                        )
+                if node.subtree is not None:
+                    subs.append(node.subtree)
+                    following.append(node.subtree)
+            out |= children
+        frontier = following
     return out
+
+
+def _read_trees(
+    repo: Repository, ids: list[bytes], report: CheckReport, snap: Snapshot
+) -> Iterator[tuple[bytes, bytes]]:
+    """The stored bytes of these trees, many per request; a batch that fails is read again
+    one tree at a time, so that each unreadable tree is named."""
+    for i in range(0, len(ids), TREES_PER_READ):
+        batch = ids[i : i + TREES_PER_READ]
+        try:
+            got = dict(repo.read_blobs(batch))
+        except StrongroomError:
+            got = {}
+        for tid in batch:
+            raw = got.get(tid)
+            if raw is None:
+                try:
+                    raw = _read_one(repo, tid)
+                except StrongroomError as exc:
+                    report.errors.append(f"snapshot {snap.short_id}: {exc}")
+                    report.damaged_blobs.add(tid)
+                    continue
+            yield tid, raw
 
 
 def _read_one(repo: Repository, blob_id: bytes) -> bytes:
