@@ -68,7 +68,10 @@ async def end_outdated(ctx: ServerContext, user_id: int) -> int:
     for session in list(ctx.sessions.get(user_id, set())):
         if user is None or session.user is None or user.storage_id != session.user.storage_id:
             session.end("this account was deleted")
-        elif session.generation != user.generation:
+        elif session.generation < user.generation:
+            # Only older: a session whose own password change is in flight already counts
+            # the next generation, and a late notice of an earlier change (read before that
+            # change commits) must not end it.
             session.end(ACCOUNT_CHANGED)
         else:
             continue
