@@ -300,3 +300,31 @@ def test_a_password_reset_on_one_node_ends_sessions_on_the_other_at_once(
         answers = thief.until_closed()  # node b is told through PostgreSQL, not a request
         assert [msg.code for _r, msg in answers] == [m.ErrorCode.SESSION_ENDED], answers
     assert "the account changed on another node" in b.log.read_text()
+
+
+def test_replicate_from_the_cluster_into_a_data_folder(cluster: Cluster, tmp_path: Path) -> None:
+    """`strongroom-admin replicate` reads a scaled-out account (PostgreSQL + bucket) and writes
+    a keyless replica as an embedded data folder; a server on that folder lets the user log
+    in with their password and restore."""
+    cluster.healthy()
+    a, b = cluster.nodes
+    rue = cluster.user(a, "rue")
+    data = _tree(tmp_path / "docs", 12, 40_000, "rue")
+    first = _via(rue, a).backup(data)
+    (data / "more.txt").write_text("more")
+    _via(rue, b).backup(data)
+    target = tmp_path / "replica"
+    report = json.loads(b.admin("replicate", "rue", "--to", str(target), "--json").stdout)
+    assert report["account"] == "created" and len(report["added"]) == 2
+    again = json.loads(a.admin("replicate", "rue", "--to", str(target), "--json").stdout)
+    assert again["added"] == [] and again["blobs_copied"] == 0
+    replica = Server(target).start()
+    try:
+        there = NetCli(tmp_path / "rue-on-replica", replica, "rue")
+        snaps = there.run("snapshots", "--json").json()
+        assert len(snaps) == 2 and first["snapshot"] in {s["id"] for s in snaps}
+        there.run("check", "--read-data")
+        there.restore(tmp_path / "restored")
+        assert tree_state(tmp_path / "restored" / "docs") == tree_state(data)
+    finally:
+        replica.kill()
