@@ -23,11 +23,13 @@ which SIGKILL real processes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,6 +104,12 @@ class _PendingPack:
 
 _LOCATE = 'SELECT b.blob_id, b.type, p.name, b."offset", b.length, b.checksum FROM '
 _KEYS_DDL = "CREATE TEMP TABLE IF NOT EXISTS {name}(blob_id BLOB PRIMARY KEY)"
+
+
+# S3 GETs in flight while reading (each up to one pack's asked ranges, so at most this many
+# packs' worth in memory): one GET at a time left a restore through a node waiting on radosgw
+# for half its time (Linux tree: 11 s; with 4: 8.1 s; 8 did no better; embedded 6 s).
+READ_AHEAD = 4
 
 
 class PackStore:
@@ -582,22 +590,42 @@ class PackStore:
                 wanted = [b for b in wanted if b not in done]
 
     def read_locations(self, ordered: list[BlobLocation]) -> Iterator[tuple[bytes, bytes]]:
-        """The blobs at these locations (grouped by pack, as given), checksums verified."""
-        i = 0
-        while i < len(ordered):
-            j = i + 1
-            while j < len(ordered) and ordered[j].pack == ordered[i].pack:
-                j += 1
-            group = ordered[i:j]
-            ranges = [(loc.offset, loc.length) for loc in group]
-            datas = self.objects.read_ranges(group[0].pack, ranges)
-            for loc, data in zip(group, datas, strict=False):  # a short read is caught below
-                if len(data) != loc.length or content_checksum(data) != loc.checksum:
-                    raise IntegrityError(
-                        f"blob {loc.blob_id.hex()[:16]} in pack {loc.pack[:16]} is damaged"
-                    )
-                yield loc.blob_id, data
-            i = j
+        """The blobs at these locations (grouped by pack, as given), checksums verified.
+
+        From S3 the next packs' ranges are fetched while this one's blobs are consumed
+        (READ_AHEAD GETs in flight), so the object store's latency overlaps the streaming."""
+        groups: list[list[BlobLocation]] = []
+        for loc in ordered:
+            if groups and groups[-1][0].pack == loc.pack:
+                groups[-1].append(loc)
+            else:
+                groups.append([loc])
+        if self.objects.kind != "s3" or len(groups) < 2:
+            for group in groups:  # a local file streams range by range
+                ranges = [(g.offset, g.length) for g in group]
+                yield from self._checked(group, self.objects.read_ranges(group[0].pack, ranges))
+            return
+        with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="pack-read") as pool:
+            ahead = collections.deque(pool.submit(self._fetch, g) for g in groups[:READ_AHEAD])
+            for k, group in enumerate(groups):
+                datas = ahead.popleft().result()
+                if k + READ_AHEAD < len(groups):
+                    ahead.append(pool.submit(self._fetch, groups[k + READ_AHEAD]))
+                yield from self._checked(group, datas)
+
+    def _fetch(self, group: list[BlobLocation]) -> list[bytes]:
+        return list(self.objects.read_ranges(group[0].pack, [(g.offset, g.length) for g in group]))
+
+    @staticmethod
+    def _checked(
+        group: list[BlobLocation], datas: Iterable[bytes]
+    ) -> Iterator[tuple[bytes, bytes]]:
+        for loc, data in zip(group, datas, strict=False):  # a short read is caught below
+            if len(data) != loc.length or content_checksum(data) != loc.checksum:
+                raise IntegrityError(
+                    f"blob {loc.blob_id.hex()[:16]} in pack {loc.pack[:16]} is damaged"
+                )
+            yield loc.blob_id, data
 
     def pack_path(self, name: str) -> Path:
         """An embedded store's pack file."""
