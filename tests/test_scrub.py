@@ -259,3 +259,29 @@ def test_server_storage_truncated_pack(server: Server, tmp_path: Path) -> None:
     assert text.returncode == 1 and "index says" in text.stdout
     alice.restore(tmp_path / "old", first)
     assert tree_state(tmp_path / "old" / "src") == s1
+
+
+def test_damaged_parent_tree_is_read_afresh_by_the_next_backup(cli: Cli, tmp_path: Path) -> None:
+    """Trees of the parent snapshot that no longer decode: the next backup says so, reads the
+    files as new and completes (it stops instead when the server or its object store is away:
+    tests/test_scaleout.py). The damaged trees stay damaged (same content, same IDs): `check`
+    names them, as the tests above do for data blobs."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(5):
+        (src / "sub" / f"f{i}.txt").write_text(f"file {i}\n" * 50)
+    first = cli.backup(src)["snapshot"]
+    store = PackStore(cli.repo)
+    try:
+        locs = store.locate(store.snapshot_manifest(first))
+    finally:
+        store.close()
+    trees = [loc for loc in locs.values() if loc.type == 1]  # BlobType.TREE
+    assert len(trees) >= 2
+    for loc in trees:
+        flip_byte(cli.repo, loc)
+    res = cli.run("backup", str(src), "--json", "--no-cache", check=False)  # parent's trees
+    assert res.returncode == 3  # done, with warnings
+    assert "parent snapshot tree unreadable" in res.stderr and "Traceback" not in res.stderr
+    out = json.loads(res.stdout)
+    assert out["parent"] == first and out["unchanged"] == 0 and out["added"] == 5

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from .. import tree
-from ..errors import StrongroomError
+from ..errors import IntegrityError, StrongroomError
 from ..repository import Repository
 
 _BATCH = 64  # trees per read request
@@ -73,7 +73,10 @@ class ParentTrees:
             return {}
         try:
             return self.get(tree_id).by_name()
-        except StrongroomError as exc:
+        except IntegrityError as exc:
+            # Damaged or lost: this backup reads the folder's files afresh.
+            # Anything else (the server or its object store away) ends the backup now: reading
+            # and sending every file again would fail the same way, only later.
             warn(f"parent snapshot tree unreadable ({exc}); treating files as new")
             return {}
 
@@ -108,7 +111,7 @@ class ParentTrees:
         out = {bid: codec.decode(bid, stored) for bid, stored in self.repo.read_blobs(ids)}
         for tid in ids:
             if tid not in out:
-                raise StrongroomError(f"tree {tid.hex()[:16]} is missing")
+                raise IntegrityError(f"tree {tid.hex()[:16]} is missing")
         return out
 
     def _run(self) -> None:

@@ -42,8 +42,16 @@ class RemoteError(StrongroomError):
         self.code = code
 
 
+class RemoteIntegrityError(RemoteError, IntegrityError):
+    """The server says blobs are missing or damaged (not that it is failing): callers that
+    repair or skip damage (a parent tree read afresh) treat it as local damage."""
+
+
 class FingerprintMismatch(StrongroomError):
     pass
+
+
+_INTEGRITY_CODES = (m.ErrorCode.NOT_FOUND, m.ErrorCode.MISSING_BLOBS, m.ErrorCode.DAMAGED)
 
 
 def error_from(msg: m.Error, server: str) -> StrongroomError:
@@ -54,6 +62,8 @@ def error_from(msg: m.Error, server: str) -> StrongroomError:
         return RemoteError(msg.code, f"server {server}: {text}")
     if msg.code == m.ErrorCode.DISK_FULL:
         return RemoteError(msg.code, f"server {server}: {text}")
+    if msg.code in _INTEGRITY_CODES:
+        return RemoteIntegrityError(msg.code, f"server {server}: {text}")
     return RemoteError(msg.code, f"server {server}: {text}")
 
 
