@@ -55,5 +55,6 @@ if [ "$#" -eq 0 ]; then
     echo "== pytest: the network end-to-end tests through two scale-out nodes"
     STRONGROOM_TEST_NODES=2 .venv/bin/python -m pytest -n 2 -q -m "not embedded_only" \
         tests/test_network_e2e.py tests/test_network_tls.py tests/test_network_interactive.py \
-        tests/test_adversarial_commits.py tests/test_server_hostile.py tests/test_recovery.py
+        tests/test_adversarial_commits.py tests/test_server_hostile.py tests/test_recovery.py \
+        tests/test_copy.py tests/test_mount.py
 fi
