@@ -293,3 +293,33 @@ def test_an_empty_repository(cli: Cli) -> None:
     finally:
         blobs.close()
         access.close()
+
+
+def test_disk_cache_bound_holds_under_concurrent_puts(tmp_path: Path) -> None:
+    """Many threads filling a small cache at once: a blob evicted by another thread while its
+    own file was still being written must not stay behind as a file nobody counts (the
+    folder would grow past its bound). Files on disk always match what is counted."""
+    import threading
+
+    cache = DiskCache("a" * 32, 256 * 1024, root=tmp_path / "cache")
+    rng = random.Random(7)
+    payloads = [rng.randbytes(rng.randint(20_000, 120_000)) for _ in range(64)]
+
+    def fill(seed: int) -> None:
+        order = random.Random(seed)
+        for _ in range(150):
+            k = order.randrange(len(payloads))
+            cache.put(bytes([k]) * 32, payloads[k])
+
+    threads = [threading.Thread(target=fill, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    files = [p for p in cache.path.rglob("*") if p.is_file()]
+    on_disk = sum(p.stat().st_size for p in files)
+    assert on_disk <= 256 * 1024
+    assert on_disk == cache.total
+    for p in files:
+        k = bytes.fromhex(p.name)[0]
+        assert p.read_bytes() == payloads[k]

@@ -103,6 +103,13 @@ class DiskCache:
             os.replace(tmp, path)
         except OSError:  # a full or read-only disk only costs speed
             self.discard(blob_id)
+            return
+        with self._lock:
+            # Another thread may have evicted this blob while its file was being written (its
+            # unlink then found nothing): the file must not stay behind uncounted.
+            if blob_id not in self._sizes:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def discard(self, blob_id: bytes) -> None:
         """Forget a blob whose file is gone or damaged."""
