@@ -38,6 +38,8 @@ __all__ = ["QuotaExceeded", "SnapshotLimit", "StorageMissing", "StoreRegistry", 
 
 # The smallest stored blob a client can produce: nonce (12) + one flag byte + GCM tag (16).
 MIN_STORED_BLOB = 29
+# How long a new holder waits for the last holder's close (its flush) before giving up.
+CLOSE_WAIT_S = 120.0
 
 
 class SnapshotLimit(StrongroomError):
@@ -285,6 +287,10 @@ class StoreRegistry:
         self.node_id = node_id  # scale-out: books quota reservations under this node
         self._open: dict[str, UserStore] = {}
         self._holders: dict[str, set[object]] = {}
+        # Stores being closed by their last holder (outside the lock: a close flushes, which
+        # may wait on the object store). Until it ends, the store still holds its writer lock
+        # and counts as held: a new holder waits for the close, then opens it again.
+        self._closing: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
     def acquire(
@@ -293,12 +299,19 @@ class StoreRegistry:
         """Open (or share) a user's store. Never creates one: the admin tool makes it with the
         account, and a store being purged must not come back because a login raced the purge.
         A `backup` session holds GC back until it is released; the admin's GC does not."""
-        with self._lock:
-            store = self._open.get(storage_id)
-            if store is None:
-                store = self._open_store(storage_id)
-                self._open[storage_id] = store
-            self._holders.setdefault(storage_id, set()).add(token)
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while True:
+            with self._lock:
+                closing = self._closing.get(storage_id)
+                if closing is None:
+                    store = self._open.get(storage_id)
+                    if store is None:
+                        store = self._open_store(storage_id)
+                        self._open[storage_id] = store
+                    self._holders.setdefault(storage_id, set()).add(token)
+                    break
+            if not closing.wait(max(0.0, deadline - time.monotonic())):
+                raise RepositoryError("this account's storage is still being closed; retry")
         if backup:
             store.sessions[token] = self.sessions.now_ns()  # this node's own record
             try:
@@ -320,7 +333,7 @@ class StoreRegistry:
 
     def is_open(self, storage_id: str) -> bool:
         with self._lock:
-            return storage_id in self._open
+            return storage_id in self._open or storage_id in self._closing
 
     def release(self, storage_id: str, token: object) -> None:
         self.sessions.logout(token)
@@ -334,7 +347,13 @@ class StoreRegistry:
                 return
             del self._holders[storage_id]
             store = self._open.pop(storage_id)
-        store.close()
+            closed = self._closing[storage_id] = threading.Event()
+        try:
+            store.close()
+        finally:
+            with self._lock:
+                del self._closing[storage_id]
+            closed.set()
 
     def close_all(self) -> None:
         with self._lock:
