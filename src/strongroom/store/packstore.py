@@ -29,7 +29,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,10 +106,13 @@ _LOCATE = 'SELECT b.blob_id, b.type, p.name, b."offset", b.length, b.checksum FR
 _KEYS_DDL = "CREATE TEMP TABLE IF NOT EXISTS {name}(blob_id BLOB PRIMARY KEY)"
 
 
-# S3 GETs in flight while reading (each up to one pack's asked ranges, so at most this many
-# packs' worth in memory): one GET at a time left a restore through a node waiting on radosgw
-# for half its time (Linux tree: 11 s; with 4: 8.1 s; 8 did no better; embedded 6 s).
+# S3 reads kept in flight while a request's blobs are streamed: up to READ_AHEAD packs' ranges,
+# and at most READ_AHEAD_BYTES of them fetched ahead (memory per reading connection, which a
+# client holding a stolen password can multiply by its connections: docs/SECURITY.md). One
+# GET at a time left a restore through a node waiting on radosgw for half its time (Linux
+# tree: 11 s; 4 in flight: 8.1 s; 8 did no better; embedded 6 s).
 READ_AHEAD = 4
+READ_AHEAD_BYTES = 48 * 1024 * 1024
 
 
 class PackStore:
@@ -595,7 +598,8 @@ class PackStore:
         """The blobs at these locations (grouped by pack, as given), checksums verified.
 
         From S3 the next packs' ranges are fetched while this one's blobs are consumed
-        (READ_AHEAD GETs in flight), so the object store's latency overlaps the streaming."""
+        (READ_AHEAD GETs, READ_AHEAD_BYTES, in flight), so the object store's latency
+        overlaps the streaming."""
         groups: list[list[BlobLocation]] = []
         for loc in ordered:
             if groups and groups[-1][0].pack == loc.pack:
@@ -607,12 +611,23 @@ class PackStore:
                 ranges = [(g.offset, g.length) for g in group]
                 yield from self._checked(group, self.objects.read_ranges(group[0].pack, ranges))
             return
+        sizes = [sum(loc.length for loc in group) for group in groups]
         with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="pack-read") as pool:
-            ahead = collections.deque(pool.submit(self._fetch, g) for g in groups[:READ_AHEAD])
+            ahead: collections.deque[Future[list[bytes]]] = collections.deque()
+            submitted = in_flight = 0
             for k, group in enumerate(groups):
+                # The group needed now always goes; later ones while they fit the budget.
+                while submitted < len(groups) and (
+                    submitted == k
+                    or (
+                        len(ahead) < READ_AHEAD and in_flight + sizes[submitted] <= READ_AHEAD_BYTES
+                    )
+                ):
+                    ahead.append(pool.submit(self._fetch, groups[submitted]))
+                    in_flight += sizes[submitted]
+                    submitted += 1
                 datas = ahead.popleft().result()
-                if k + READ_AHEAD < len(groups):
-                    ahead.append(pool.submit(self._fetch, groups[k + READ_AHEAD]))
+                in_flight -= sizes[k]
                 yield from self._checked(group, datas)
 
     def _fetch(self, group: list[BlobLocation]) -> list[bytes]:
