@@ -72,6 +72,7 @@ class ComponentCpu(threading.Thread):
         self.first: dict[int, tuple[str, int]] = {}
         self.last: dict[int, int] = {}
         self._stop_event = threading.Event()
+        self._began = False  # after the first sample, new processes count from zero
 
     def _sample(self) -> None:
         for entry in os.scandir("/proc"):
@@ -86,10 +87,8 @@ class ComponentCpu(threading.Thread):
             ticks = int(fields[11]) + int(fields[12])
             pid = int(entry.name)
             if pid not in self.first:  # born during the step: counts from zero
-                self.first[pid] = (comm, 0 if self.started_once else ticks)
+                self.first[pid] = (comm, 0 if self._began else ticks)
             self.last[pid] = ticks
-
-    started_once = False
 
     def run(self) -> None:
         while not self._stop_event.wait(0.2):
@@ -97,7 +96,7 @@ class ComponentCpu(threading.Thread):
 
     def begin(self) -> None:
         self._sample()  # what exists now counts from now
-        self.started_once = True
+        self._began = True
         self.start()
 
     def end(self) -> dict[str, float]:
