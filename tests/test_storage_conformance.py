@@ -29,7 +29,7 @@ from strongroom.db import ConstraintError
 from strongroom.errors import IntegrityError, RepositoryError
 from strongroom.server.quota import QuotaExceeded
 from strongroom.server.stores import UserStore
-from strongroom.store import PackStore, charge_totals
+from strongroom.store import PackStore
 from strongroom.store.gc import collect_garbage
 from strongroom.store.packstore import RootNotInManifest
 from strongroom.store.rebuild import rebuild_index
@@ -479,48 +479,3 @@ def test_scrub_finds_damage_and_missing_packs(backend: Backend) -> None:
     with pytest.raises(IntegrityError, match="damaged"):
         store.read_blob(c[1][0])
     assert any(f"pack {pack_c[:16]} has size 3000" in p for p in store.storage_problems())
-
-
-def test_quota_charge_counts_stay_exact(backend: Backend) -> None:
-    """What a quota counts (`charge_counts`) equals a full count of the index after every
-    kind of change: uploads from two writers, commits, a forget (manifest rows go by
-    cascade), GC with repacking, rebuild-index. In scale-out these are totals kept by
-    triggers (store/charge_totals.py); a store made before them gets them when a writer
-    opens it."""
-    store = new_store(backend)
-    other = other_writer(backend, store)
-
-    def exact(s: PackStore) -> None:
-        assert s.charge_counts() == tuple(int(v) for v in s.db.query(charge_totals.COUNTS)[0])
-
-    exact(store)
-    first = [blob(n) for n in (3000, 200 * KiB, 700 * KiB, 900 * KiB)]
-    put(store, first)
-    put(other, [blob(5000), first[0]])  # the same blob twice: one row
-    store.commit_snapshot("a", 1, b"record-a", [b for b, _d in first])
-    exact(store)
-    second = [blob(n) for n in (400 * KiB, 600 * KiB)]
-    put(other, second)
-    other.commit_snapshot("b", 2, b"record-bb", [first[0][0], *(b for b, _d in second)])
-    exact(other)
-    store.delete_snapshot("a")  # most of the first pack's blobs become garbage: repacked
-    with store.gc_lock(timeout_s=10):
-        collect_garbage(store, horizon_ns=0)
-        report = collect_garbage(store)
-    assert report.deleted_blobs >= 3
-    exact(store)
-    assert rebuild_index(store).ok
-    exact(store)
-    if backend.shared:  # a store from before the totals: drop them; a writer puts them back
-        schema = charge_totals.schema_of(store.db)
-        store.db.execute(f'DROP TABLE "{schema}".{charge_totals.TABLE}')
-        for table in ("packs", "blobs", "snapshots", "snapshot_blobs"):
-            store.db.execute(f'DROP FUNCTION "{schema}".charge_{table}() CASCADE')
-        store.close()
-        other.close()
-        reopened = backend.open(writer=True)
-        assert reopened.db.table_exists(charge_totals.TABLE)
-        exact(reopened)
-        put(reopened, [blob(1000)])
-        reopened.commit_snapshot("c", 3, b"record-c", reopened.all_blob_ids())
-        exact(reopened)

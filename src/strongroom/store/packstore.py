@@ -39,7 +39,7 @@ import blake3
 from ..crypto import content_checksum
 from ..db import Database, DatabaseError, SqliteDatabase, Tx, translate_ddl
 from ..errors import IntegrityError, RepositoryError
-from . import charge_totals, trailer
+from . import trailer
 from .lock import WriterLock
 from .objects import LocalObjects, ObjectStore, PackMissing
 from .schema import check_version, create_in_database, create_sqlite_file, ensure_pending
@@ -193,12 +193,6 @@ class PackStore:
         self._writer_thread: threading.Thread | None = None
         self.bytes_written = 0
         self._condemned: set[bytes] = set()  # as of opening: add_blob revives these
-        # Scale-out: the quota's totals kept by triggers (store/charge_totals.py).
-        self._totals = False
-        if db.dialect == "postgresql":
-            if writer:
-                charge_totals.ensure(db)
-            self._totals = db.table_exists(charge_totals.TABLE)
         if writer:
             try:
                 ensure_pending(db)
@@ -530,10 +524,14 @@ class PackStore:
     def charge_counts(self, tx: Tx | None = None) -> tuple[int, int, int, int, int]:
         """What a quota counts: (pack bytes, blob rows, snapshot rows, record bytes,
         manifest rows), read in `tx` if given."""
-        source = tx if tx is not None else self.db
-        if self._totals:  # one row, whatever the store's size
-            return charge_totals.read(source)
-        a, b, c, d, e = (int(v) for v in source.query(charge_totals.COUNTS)[0])
+        sql = (
+            "SELECT (SELECT COALESCE(SUM(size), 0) FROM packs), (SELECT COUNT(*) FROM blobs), "
+            "(SELECT COUNT(*) FROM snapshots), "
+            "(SELECT COALESCE(SUM(LENGTH(record)), 0) FROM snapshots), "
+            "(SELECT COUNT(*) FROM snapshot_blobs)"
+        )
+        row = (tx.query(sql) if tx is not None else self.db.query(sql))[0]
+        a, b, c, d, e = (int(v) for v in row)
         return a, b, c, d, e
 
     def count_snapshots(self) -> int:

@@ -16,7 +16,6 @@ from pathlib import Path
 from ..db import Database, DatabaseError, Tx, translate_ddl
 from ..durable import fsync_dir
 from ..errors import RepositoryError
-from . import charge_totals
 
 SCHEMA_VERSION = 3
 
@@ -139,8 +138,6 @@ def create_in_database(db: Database, meta: dict[str, bytes] | None, label: str) 
             tx.execute(statement)
         if tx.execute("SELECT 1 FROM meta WHERE name='schema'").fetchone() is not None:
             raise RepositoryError(f"a repository already exists at {label}")
-        if db.dialect == "postgresql":
-            charge_totals.install(tx, charge_totals.schema_of(db))
         _insert_meta(tx, meta)
 
 
